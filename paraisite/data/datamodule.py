@@ -1,0 +1,202 @@
+"""LightningDataModule for LTC datasets: sources from config, seeded per-source split, cached graphs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from matgl.graph.data import collate_fn_graph
+from torch.utils.data import DataLoader, Dataset
+
+from paraisite.data.graphs import GraphBuilder, GraphSet, MEGNetGraphBuilder, load_graph_set
+from paraisite.data.target import target_statistics
+
+log = logging.getLogger(__name__)
+
+TARGET_STATS_CHOICES = ("train", "dataset")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where a graph came from: source, index in its graph set, id and formula."""
+
+    source: str
+    index: int
+    id: str
+    formula: str
+
+
+class GraphDataset(Dataset):
+    """Items ``(graph, lattice, state_attr, {"tc": TC})`` for matgl's ``collate_fn_graph``.
+
+    Each graph also carries ``sample_index`` (position in this dataset) and ``label_stats`` ([1, 2]: mean
+    and std of log10(TC+1) over its whole source), which the paper protocol's label scaling needs.
+    """
+
+    def __init__(
+        self, graph_sets: dict[str, GraphSet], samples: Sequence[Sample], source_stats: dict[str, dict[str, float]]
+    ) -> None:
+        self.graph_sets = graph_sets
+        self.samples = list(samples)
+        self.source_stats = {k: torch.tensor([[v["mean"], v["std"]]]) for k, v in source_stats.items()}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> tuple:
+        sample = self.samples[idx]
+        graph_set = self.graph_sets[sample.source]
+        stored = graph_set.graphs[sample.index]
+        graph = stored.clone()
+        lattice, state_attr = graph.lattice, graph.state_attr
+        del graph.lattice, graph.state_attr
+        graph.sample_index = torch.tensor([idx])
+        graph.label_stats = self.source_stats[sample.source]
+        return graph, lattice, state_attr[0], {"tc": graph_set.tc[sample.index].float()}
+
+    @property
+    def tc(self) -> torch.Tensor:
+        """Targets (W/mK) of every sample, in order."""
+        return torch.stack([self.graph_sets[s.source].tc[s.index] for s in self.samples])
+
+
+def split_indices(count: int, seed: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """The paper's split (DGL ``split_dataset(shuffle=True, random_state=seed)``).
+
+    ``np.random.RandomState(seed).permutation(count)``; the first ``int(train_fraction * count)`` indices
+    train, the rest validate. With the same seed this reproduces the original code's splits exactly.
+    """
+    order = np.random.RandomState(seed).permutation(count).tolist()
+    num_train = int(np.float64(1.0 - val_fraction) * count)
+    return order[:num_train], order[num_train:]
+
+
+class LTCDataModule(pl.LightningDataModule):
+    """One or more LTC sources, split 80/20 per source with ``seed`` and concatenated (MIX = Dataset1 + Dataset2).
+
+    Args:
+        name: dataset name shown in logs and tables (``Dataset1``, ``MIX``, ...).
+        sources: source names (``dataset1``, ``dataset2``, ``aflow``).
+        seed: split seed (the paper used the run index 1..9).
+        val_fraction: validation share of each source.
+        batch_size: structures per batch.
+        num_workers: DataLoader workers.
+        target_stats: ``train`` (statistics of log10(TC+1) over the training split, leak-free) or
+            ``dataset`` (over the whole dataset, the paper's choice).
+        max_per_source: keep a seeded random subset of at most this many structures per source (quick runs).
+        graph_builder: structure -> graph; MEGNet's radius graph at 4 A by default.
+        on_isolated: ``drop`` or ``raise`` for structures without a usable graph.
+        on_bad_structure: ``skip`` or ``raise`` for unreadable structure files.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[str],
+        seed: int = 1,
+        val_fraction: float = 0.2,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        target_stats: str = "train",
+        max_per_source: int | None = None,
+        graph_builder: GraphBuilder | None = None,
+        on_isolated: str = "drop",
+        on_bad_structure: str = "skip",
+    ) -> None:
+        super().__init__()
+        if target_stats not in TARGET_STATS_CHOICES:
+            raise ValueError(f"target_stats={target_stats!r}; valid: {', '.join(TARGET_STATS_CHOICES)}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.name = name
+        self.sources = list(sources)
+        self.seed = int(seed)
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.target_stats_mode = target_stats
+        self.max_per_source = max_per_source
+        self.graph_builder = graph_builder or MEGNetGraphBuilder()
+        self.on_isolated = on_isolated
+        self.on_bad_structure = on_bad_structure
+        self.train_set: GraphDataset | None = None
+        self.val_set: GraphDataset | None = None
+        self.target_stats: dict[str, float] | None = None
+        self.source_stats: dict[str, dict[str, float]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load (or build) the graphs and make the split; idempotent."""
+        if self.train_set is not None:
+            return
+        graph_sets: dict[str, GraphSet] = {}
+        source_stats: dict[str, dict[str, float]] = {}
+        train: list[Sample] = []
+        val: list[Sample] = []
+        for source in self.sources:
+            graph_set = load_graph_set(source, self.graph_builder, self.on_isolated, self.on_bad_structure)
+            graph_sets[source] = graph_set
+            indices = list(range(len(graph_set)))
+            if self.max_per_source is not None and len(indices) > self.max_per_source:
+                generator = torch.Generator().manual_seed(self.seed)
+                indices = sorted(torch.randperm(len(indices), generator=generator)[: self.max_per_source].tolist())
+            source_stats[source] = target_statistics(graph_set.tc[indices])
+            train_pos, val_pos = split_indices(len(indices), self.seed, self.val_fraction)
+
+            def samples(positions: list[int], graph_set: GraphSet = graph_set, indices: list[int] = indices):
+                picked = [indices[p] for p in positions]
+                return [Sample(graph_set.source, i, graph_set.ids[i], graph_set.formulas[i]) for i in picked]
+
+            train += samples(train_pos)
+            val += samples(val_pos)
+        self.source_stats = source_stats
+        self.train_set = GraphDataset(graph_sets, train, source_stats)
+        self.val_set = GraphDataset(graph_sets, val, source_stats)
+        every = (
+            self.train_set.tc if self.target_stats_mode == "train" else torch.cat([self.train_set.tc, self.val_set.tc])
+        )
+        self.target_stats = target_statistics(every)
+        log.info(
+            "%s (seed %d): %d train / %d val, log10(TC+1) mean %.4f std %.4f from %s",
+            self.name, self.seed, len(train), len(val), self.target_stats["mean"], self.target_stats["std"],
+            "the training split" if self.target_stats_mode == "train" else "the whole dataset",
+        )  # fmt: skip
+
+    def _loader(self, dataset: GraphDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=collate_fn_graph,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training batches."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return self._loader(self.val_set, shuffle=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes and statistics, for logs and metrics.json."""
+        return {
+            "name": self.name,
+            "sources": self.sources,
+            "seed": self.seed,
+            "train": len(self.train_set or []),
+            "val": len(self.val_set or []),
+            "target_stats": self.target_stats,
+            "target_stats_from": self.target_stats_mode,
+            "source_stats": self.source_stats,
+        }

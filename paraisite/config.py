@@ -1,0 +1,26 @@
+"""Where the Hydra configs live (in the package when installed, ``conf/`` in a checkout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def config_dir() -> Path:
+    """The directory of ``train.yaml``: ``paraisite/conf`` in a wheel, the repository's ``conf/`` otherwise."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the options of a config group (e.g. ``data``)."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def load_group_option(group: str, name: str) -> DictConfig:
+    """The raw YAML of one option of a config group; unknown names list the valid ones."""
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"no {group} config {name!r}; valid: {', '.join(group_options(group))}")
+    return OmegaConf.load(path)

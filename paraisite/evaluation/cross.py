@@ -1,0 +1,38 @@
+"""Evaluate a trained model on the validation split of other datasets (the paper's cross-dataset table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from paraisite.data.datamodule import LTCDataModule
+from paraisite.training.metrics import ltc_metrics
+from paraisite.training.module import LTCRegressor, reference_tc
+
+
+@torch.no_grad()
+def predict_loader(model: LTCRegressor, loader: Any, label_scaling: str = "consistent") -> dict[str, torch.Tensor]:
+    """Predicted TC, true TC and the reference TC scored against (see ``reference_tc``), in loader order."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {"pred_tc": [], "true_tc": [], "reference_tc": []}
+    device = model.device
+    for graph, lattice, state_attr, tc in loader:
+        pred = model.predict_tc(graph.to(device), lattice.to(device), state_attr.to(device))
+        out["pred_tc"].append(pred.cpu())
+        out["true_tc"].append(tc)
+        out["reference_tc"].append(reference_tc(tc, graph.label_stats.cpu(), model.scaler.cpu(), label_scaling))
+    return {k: torch.cat(v).double() for k, v in out.items()}
+
+
+def evaluate_on(model: LTCRegressor, datamodule: LTCDataModule, label_scaling: str = "consistent") -> dict[str, Any]:
+    """Metrics of ``model`` on ``datamodule``'s validation split (same seed as the datamodule's).
+
+    ``label_scaling="paper"`` scores against the original code's distorted reference TC (labels
+    standardised with their own source's statistics, de-standardised with the model's).
+    """
+    datamodule.setup()
+    predictions = predict_loader(model, datamodule.val_dataloader(), label_scaling)
+    metrics: dict[str, Any] = ltc_metrics(predictions["pred_tc"], predictions["reference_tc"])
+    metrics.update({"count": len(predictions["true_tc"]), "label_scaling": label_scaling})
+    return metrics

@@ -1,0 +1,191 @@
+"""LightningModule: backbone + head predicting standardised log10(TC+1); TC in W/mK out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from paraisite.data.target import TargetScaler
+from paraisite.training.metrics import ltc_metrics
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("mape", "l1", "mse")
+LABEL_SCALINGS = ("consistent", "paper")
+
+
+def reference_tc(
+    tc: torch.Tensor, label_stats: torch.Tensor, model_scaler: TargetScaler, label_scaling: str
+) -> torch.Tensor:
+    """The TC a prediction is scored against.
+
+    ``consistent``: the true TC. ``paper``: the original code's flaw, reproduced on request: each label is
+    standardised with its own source's whole-dataset statistics (``label_stats`` [B, 2]) but
+    de-standardised with the model's, i.e. ``10**(mu_model + s_model * (log10(TC+1) - mu_src) / s_src) - 1``.
+    It distorts cross-dataset tests, MIX training (per-source labels, MIX scaler) and Step III (AFLOW scaler).
+    """
+    if label_scaling == "consistent":
+        return tc
+    if label_scaling != "paper":
+        raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
+    mean, std = label_stats[:, 0].to(tc), label_stats[:, 1].to(tc)
+    return model_scaler.decode((torch.log10(tc + 1.0) - mean) / std)
+
+
+def _plain(config: Any) -> Any:
+    """Config -> plain containers, so hyper-parameters pickle-free into checkpoints."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class LTCRegressor(pl.LightningModule):
+    """A crystal-graph backbone and an MLP head trained on standardised log10(TC+1).
+
+    Everything needed to rebuild and use the model (backbone and head configs, graph settings, target
+    statistics) is saved as hyper-parameters, so ``LTCRegressor.load_from_checkpoint(path)`` alone predicts
+    TC in W/mK.
+
+    Args:
+        backbone: config (``_target_`` + arguments) of a module mapping ``(graph, lattice, state)`` to
+            ``[B, out_dim]`` features; only the architecture is built here (pretrained weights are loaded
+            by the training entry point, not on reload).
+        head: config of the head; ``in_dim`` is filled from the backbone's ``out_dim``.
+        target_stats: ``{"mean", "std"}`` of log10(TC+1) used to standardise the target.
+        graph: config of the graph builder the backbone expects (kept for prediction).
+        loss: ``mape`` on TC in W/mK (the paper's), or ``l1`` / ``mse`` on the standardised log target.
+        optimizer: partial optimizer config (``_partial_: true``).
+        scheduler: partial LR-scheduler config, or ``None``.
+        scheduler_steps_per_epoch: 1 (correct); the paper's code stepped its cosine schedule twice per epoch.
+        freeze_backbone: train only the head.
+        backbone_lr: learning rate of the backbone parameters (default: the optimizer's).
+        label_scaling: ``consistent`` (default) or ``paper`` (see :func:`reference_tc`).
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        head: dict,
+        target_stats: dict[str, float],
+        graph: dict | None = None,
+        loss: str = "mape",
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        scheduler_steps_per_epoch: int = 1,
+        freeze_backbone: bool = False,
+        backbone_lr: float | None = None,
+        label_scaling: str = "consistent",
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}; valid: {', '.join(LOSSES)}")
+        if label_scaling not in LABEL_SCALINGS:
+            raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
+        backbone, head, graph = _plain(backbone), _plain(head), _plain(graph)
+        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "head": head,
+                "target_stats": dict(target_stats),
+                "graph": graph,
+                "loss": loss,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "scheduler_steps_per_epoch": scheduler_steps_per_epoch,
+                "freeze_backbone": freeze_backbone,
+                "backbone_lr": backbone_lr,
+                "label_scaling": label_scaling,
+            }
+        )
+        self.backbone: nn.Module = instantiate(backbone)
+        self.head: nn.Module = instantiate(head, in_dim=self.backbone.out_dim)
+        self.scaler = TargetScaler(target_stats["mean"], target_stats["std"])
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
+
+    def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
+        """Standardised log10(TC+1) per structure, shape [B]."""
+        features = self.backbone(graph, lattice, state_attr)
+        return self.head(features).reshape(-1)
+
+    def predict_tc(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
+        """TC in W/mK per structure."""
+        return self.scaler.decode(self(graph, lattice, state_attr))
+
+    def _loss(self, z_pred: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "mape":
+            return torch.mean(torch.abs(self.scaler.decode(z_pred) - tc) / tc)
+        z_true = self.scaler.encode(tc)
+        if self.hparams.loss == "l1":
+            return torch.nn.functional.l1_loss(z_pred, z_true)
+        return torch.nn.functional.mse_loss(z_pred, z_true)
+
+    def _step(self, batch: tuple, split: str) -> torch.Tensor:
+        graph, lattice, state_attr, tc = batch
+        tc = reference_tc(tc, graph.label_stats, self.scaler, self.hparams.label_scaling)
+        z_pred = self(graph, lattice, state_attr)
+        loss = self._loss(z_pred, tc)
+        self.log(f"{split}/loss", loss, batch_size=tc.numel(), on_step=False, on_epoch=True, sync_dist=True)
+        self._outputs[split].append((self.scaler.decode(z_pred.detach()), tc.detach()))
+        return loss
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """One optimisation step."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """Validation loss; metrics are computed over the whole split at epoch end."""
+        return self._step(batch, "val")
+
+    def predict_step(self, batch: tuple, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Predicted and true TC (W/mK) and the dataset indices of the batch."""
+        graph, lattice, state_attr, tc = batch
+        return {"pred_tc": self.predict_tc(graph, lattice, state_attr), "true_tc": tc, "index": graph.sample_index}
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        outputs = self._outputs[split]
+        self._outputs[split] = []
+        if not outputs:
+            return
+        pred = self.all_gather(torch.cat([p for p, _ in outputs])).reshape(-1)
+        true = self.all_gather(torch.cat([t for _, t in outputs])).reshape(-1)
+        for name, value in ltc_metrics(pred, true).items():
+            self.log(f"{split}/{name}", value, on_epoch=True, rank_zero_only=True, sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        """Training metrics over the epoch's batches."""
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Validation metrics over the whole validation split."""
+        self._log_epoch_metrics("val")
+
+    def configure_optimizers(self) -> Any:
+        """Optimizer (optional backbone learning rate) and a scheduler stepped per epoch."""
+        default_optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
+        optimizer_factory: Callable = instantiate(self.hparams.optimizer or default_optimizer)
+        head_params = [p for p in self.head.parameters() if p.requires_grad]
+        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": head_params}]
+        if backbone_params:
+            backbone_group: dict[str, Any] = {"params": backbone_params}
+            if self.hparams.backbone_lr is not None:
+                backbone_group["lr"] = self.hparams.backbone_lr
+            groups.append(backbone_group)
+        optimizer = optimizer_factory(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step the schedule ``scheduler_steps_per_epoch`` times per epoch (1 unless reproducing the paper)."""
+        for _ in range(self.hparams.scheduler_steps_per_epoch):
+            scheduler.step() if metric is None else scheduler.step(metric)

@@ -1,0 +1,219 @@
+"""Hydra entry point ``paraisite-train``: data -> model -> callbacks -> loggers -> trainer -> fit -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from paraisite.config import config_dir, load_group_option
+from paraisite.data import registry
+from paraisite.data.datamodule import LTCDataModule
+from paraisite.evaluation.cross import evaluate_on
+from paraisite.training.module import LTCRegressor
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_offline() -> bool:
+    """Wandb stays offline unless the environment enables it (WANDB_MODE=online or an API key)."""
+    return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
+
+
+OmegaConf.register_new_resolver("wandb_offline", _wandb_offline, replace=True)
+
+
+def provenance() -> dict[str, Any]:
+    """Git revision and package versions, recorded with every run."""
+    import matgl
+    import pymatgen.core
+
+    import paraisite
+
+    def git(*args: str) -> str:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        revision, dirty = git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain").strip())
+    except (OSError, subprocess.CalledProcessError):
+        revision, dirty = None, None
+    return {
+        "git_revision": revision,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "versions": {
+            "paraisite": paraisite.__version__,
+            "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__,
+            "matgl": matgl.__version__,
+            "pymatgen": pymatgen.core.__version__,
+        },
+    }
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``.ckpt`` file, or a run directory's ``checkpoints/best.ckpt``; missing ones fail clearly."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / "checkpoints" / "best.ckpt"
+    if not candidate.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {candidate}")
+    return candidate
+
+
+def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataModule:
+    """The training datamodule, or (``data_name``) the same settings on another dataset of ``conf/data``."""
+    data_cfg = cfg.data
+    if data_name is not None:
+        other = load_group_option("data", data_name)
+        data_cfg = OmegaConf.merge(cfg.data, {"name": other.name, "sources": other.sources})
+        data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=False))
+        data_cfg._set_parent(cfg)
+    return instantiate(data_cfg)
+
+
+def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor:
+    """The LightningModule from ``cfg.model`` (architecture only; weights are loaded by :func:`init_weights`)."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    backbone_cfg, head_cfg = model_cfg.pop("backbone"), model_cfg.pop("head")
+    module_cls = get_class(model_cfg.pop("_target_"))
+    return module_cls(
+        backbone=backbone_cfg["net"], head=head_cfg, graph=backbone_cfg["graph"], target_stats=target_stats, **model_cfg
+    )
+
+
+def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
+    """Load published backbone weights and/or a previous paraisite checkpoint (not its target statistics)."""
+    report: dict[str, Any] = {"pretrained": cfg.model.backbone.get("pretrained"), "init_from": None}
+    if report["pretrained"]:
+        module.backbone.load_published(report["pretrained"])
+    if cfg.get("init_from"):
+        path = resolve_checkpoint(cfg.init_from)
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        keep_stats = bool(cfg.protocol.get("keep_init_target_stats", False))
+        weights = state if keep_stats else {k: v for k, v in state.items() if not k.startswith("scaler.")}
+        result = module.load_state_dict(weights, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("scaler.")]
+        if missing or result.unexpected_keys:
+            unexpected = result.unexpected_keys
+            raise RuntimeError(f"{path} does not fit this model: missing {missing}, unexpected {unexpected}")
+        if keep_stats:  # the paper's Step III kept the first dataset's scaler
+            module.hparams.target_stats = {"mean": float(module.scaler.mean), "std": float(module.scaler.std)}
+        report["init_from"] = str(path)
+        report["kept_init_target_stats"] = keep_stats
+        log.info("initialised %d tensors from %s", len(weights), path)
+    return report
+
+
+def _metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in logged.items() if k.startswith(prefix)}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit one model and evaluate it; returns the content of ``metrics.json``."""
+    registry.configure(cfg.paths.get("cache_dir"), cfg.paths.get("mirror_dir"))
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    model = build_model(cfg, datamodule.target_stats)
+    initialised = init_weights(model, cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(model, datamodule=datamodule)
+
+    result: dict[str, Any] = {
+        "status": "completed",
+        "task_name": cfg.task_name,
+        "seed": cfg.seed,
+        "data": datamodule.describe(),
+        "backbone": cfg.model.backbone.name,
+        "protocol": cfg.protocol.name,
+        "profile": (cfg.get("profile") or {}).get("name", "default"),
+        "init": initialised,
+        "epochs": trainer.current_epoch,
+        "final": _metrics(trainer.callback_metrics, "val/"),
+        **provenance(),
+    }
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if trainer.is_global_zero:
+        best = LTCRegressor.load_from_checkpoint(best_path, map_location="cpu") if best_path else model.cpu()
+        result["best_checkpoint"] = best_path or None
+        scaling = best.hparams.label_scaling
+        result["best"] = evaluate_on(best, datamodule, scaling)
+        result["cross"] = {}
+        for name in cfg.get("cross_eval") or []:
+            other = build_datamodule(cfg, name)
+            result["cross"][other.name] = evaluate_on(best, other, scaling)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+        log.info("best validation MAPE %.4f; metrics in %s", result["best"]["mape"], output_dir / "metrics.json")
+    return result
+
+
+def run(cfg: DictConfig) -> float:
+    """Task wrapper: records a failure in ``metrics.json`` and always closes wandb.
+
+    In a multirun a failed job returns NaN so the sweep goes on; a single run re-raises.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        result = train(cfg)
+        return float(result.get("best", {}).get("mape", math.nan))
+    except Exception as error:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        (output_dir / "metrics.json").write_text(json.dumps({"seed": cfg.get("seed"), **failure}, indent=2))
+        log.error("run failed: %s (details in %s)", failure["error"], output_dir / "metrics.json")
+        if _in_multirun():
+            return math.nan
+        raise
+    finally:
+        _finish_wandb()
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float:
+    """``paraisite-train``: compose the config, save it resolved, train and evaluate."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

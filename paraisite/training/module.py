@@ -132,7 +132,9 @@ class LTCRegressor(pl.LightningModule):
         tc = reference_tc(tc, graph.label_stats, self.scaler, self.hparams.label_scaling)
         z_pred = self(graph, lattice, state_attr)
         loss = self._loss(z_pred, tc)
-        self.log(f"{split}/loss", loss, batch_size=tc.numel(), on_step=False, on_epoch=True, sync_dist=True)
+        # Rank-local loss: a synced value would be reduced when rank 0's progress bar reads it, a collective
+        # the other ranks never join (deadlock). Epoch metrics below are gathered from every rank instead.
+        self.log(f"{split}/loss", loss, batch_size=tc.numel(), on_step=False, on_epoch=True)
         self._outputs[split].append((self.scaler.decode(z_pred.detach()), tc.detach()))
         return loss
 
@@ -156,8 +158,9 @@ class LTCRegressor(pl.LightningModule):
             return
         pred = self.all_gather(torch.cat([p for p, _ in outputs])).reshape(-1)
         true = self.all_gather(torch.cat([t for _, t in outputs])).reshape(-1)
+        # all_gather gives every rank the same values, so every rank logs them (callbacks read them on all ranks).
         for name, value in ltc_metrics(pred, true).items():
-            self.log(f"{split}/{name}", value, on_epoch=True, rank_zero_only=True, sync_dist=False)
+            self.log(f"{split}/{name}", value, on_epoch=True, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         """Training metrics over the epoch's batches."""

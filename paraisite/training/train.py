@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from paraisite.config import config_dir, load_group_option
 from paraisite.data import registry
@@ -104,7 +105,11 @@ def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
     if report["pretrained"]:
         module.backbone.load_published(report["pretrained"])
     if cfg.get("init_from"):
-        path = resolve_checkpoint(cfg.init_from)
+        try:
+            path = resolve_checkpoint(cfg.init_from)
+        except FileNotFoundError as error:
+            hint = cfg.get("init_from_hint")
+            raise FileNotFoundError(f"{error}; produce it with: {hint}" if hint else str(error)) from None
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         keep_stats = bool(cfg.protocol.get("keep_init_target_stats", False))
         weights = state if keep_stats else {k: v for k, v in state.items() if not k.startswith("scaler.")}
@@ -119,6 +124,11 @@ def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
         report["kept_init_target_stats"] = keep_stats
         log.info("initialised %d tensors from %s", len(weights), path)
     return report
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a callbacks/logger group; entries set to null are left out."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry is not None and "_target_" in entry]
 
 
 def _metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -137,8 +147,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
     model = build_model(cfg, datamodule.target_stats)
     initialised = init_weights(model, cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # a learning-rate monitor needs somewhere to log
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule)
 
@@ -149,7 +161,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": datamodule.describe(),
         "backbone": cfg.model.backbone.name,
         "protocol": cfg.protocol.name,
-        "profile": (cfg.get("profile") or {}).get("name", "default"),
+        "profile": cfg.profile.name,
+        "group": cfg.group,
         "init": initialised,
         "epochs": trainer.current_epoch,
         "final": _metrics(trainer.callback_metrics, "val/"),

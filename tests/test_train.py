@@ -50,7 +50,8 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
     for option in group_options("profile"):  # profiles only set globals: compose each once
         cfg = compose_train(tmp_path, f"profile={option}", "experiment=step3")
         assert cfg.profile.name == option
-        assert cfg.init_from_hint.endswith(f"profile={option}")    for option in group_options("trainer"):
+        assert cfg.init_from_hint.endswith(f"profile={option}")
+    for option in group_options("trainer"):
         cfg = compose_train(tmp_path, f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1")
         assert instantiate(cfg.trainer, logger=False, enable_checkpointing=False).max_epochs == 100
     for option in group_options("logger"):

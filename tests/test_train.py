@@ -51,6 +51,7 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
         cfg = compose_train(tmp_path, f"profile={option}", "experiment=step3")
         assert cfg.profile.name == option
         assert cfg.init_from_hint.endswith(f"profile={option}")
+        assert cfg.threads == (1 if option == "quick" else None)
     for option in group_options("trainer"):
         cfg = compose_train(tmp_path, f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1")
         assert instantiate(cfg.trainer, logger=False, enable_checkpointing=False).max_epochs == 100

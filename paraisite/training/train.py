@@ -140,6 +140,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     registry.configure(cfg.paths.get("cache_dir"), cfg.paths.get("mirror_dir"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
 

@@ -1,0 +1,62 @@
+# paraisite developer and user commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel of torch first on machines without an NVIDIA GPU (avoids a multi-GB CUDA download).
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= quick
+GROUP ?= reproduce-$(PROFILE)
+LOG_DIR ?= logs
+# Multirun launcher: local_parallel (joblib, 2 jobs) by default; basic runs jobs one after the other
+# (a single GPU), slurm submits one job per run.
+LAUNCHER ?= $(if $(filter full,$(PROFILE)),basic,local_parallel)
+TRAINER ?= $(if $(filter full,$(PROFILE)),gpu,cpu)
+SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
+	callbacks.progress_bar=null
+
+.PHONY: help install train test test-fast lint format reproduce table benchmark clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install torch; else $(BIN)/pip install "$(TORCH_SPEC)"; fi
+
+install: $(BIN)/python ## Create .venv and install paraisite with its dev tools
+	$(BIN)/pip install -e ".[dev]"
+
+train: install ## Run the default training job (Dataset2, pretrained MEGNet, CPU)
+	$(BIN)/paraisite-train
+
+test: install ## Run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest tests
+
+test-fast: install ## Tests without the slow ones
+	$(BIN)/python -m pytest tests -m "not slow"
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+reproduce: install ## The paper's table: Steps I+II on 4 datasets, then Step III on 3 (PROFILE=quick|full)
+	$(BIN)/paraisite-train -m experiment=step1,step2 data=dataset1,dataset2,mix,aflow $(SWEEP)
+	$(BIN)/paraisite-train -m experiment=step3 data=dataset1,dataset2,mix $(SWEEP)
+	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
+
+table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
+	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
+
+benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
+	$(BIN)/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+clean: ## Remove caches of the tools (not the data cache)
+	rm -rf .pytest_cache .ruff_cache

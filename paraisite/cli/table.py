@@ -1,0 +1,66 @@
+"""``paraisite table SWEEP_DIR``: reduce a sweep's ``metrics.json`` files to the paper's table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.markdown import Markdown
+
+from paraisite.data import registry
+from paraisite.evaluation import table
+from paraisite.evaluation.published import load_paper_runs
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``table``."""
+    parser = subparsers.add_parser("table", help="reduce a sweep's metrics.json files to the paper's table")
+    parser.add_argument("sweep_dir", type=Path, help="directory searched for **/metrics.json")
+    parser.add_argument(
+        "-o", "--out-dir", type=Path, help="where to write table.md, table.csv and heatmap.png (default: SWEEP_DIR)"
+    )
+    parser.add_argument("--metric", default="mape", choices=table.METRICS, help="metric to tabulate (default: mape)")
+    parser.add_argument(
+        "--no-paper-runs",
+        action="store_true",
+        help="leave out the upstream per-run reference (registry group paper-results)",
+    )
+    parser.set_defaults(func=run_table)
+
+
+def _paper_runs(console: Console) -> pd.DataFrame | None:
+    try:
+        return load_paper_runs()
+    except registry.RegistryError as error:
+        console.print(f"[yellow]paper runs left out:[/] {error}")
+        return None
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """Write the table files, print the Markdown; exit code 1 when the directory holds no completed run."""
+    console = Console(stderr=True)
+    runs, failures = table.collect(args.sweep_dir)
+    if runs.empty:
+        for job in failures:
+            console.print(f"failed job {job.path}: {job.first_line}")
+        console.print(
+            f"[red]no completed runs under {args.sweep_dir}[/] "
+            f"({len(failures)} failed; a completed run writes metrics.json with status 'completed')"
+        )
+        return 1
+    paper_runs = _paper_runs(console) if args.metric == "mape" and not args.no_paper_runs else None
+    cells = table.aggregate(runs, args.metric, paper_runs)
+    paths = table.write_outputs(cells, runs, failures, args.out_dir or args.sweep_dir, args.metric, args.sweep_dir)
+    markdown = paths["markdown"].read_text()
+    if sys.stdout.isatty():
+        Console().print(Markdown(markdown))
+    else:
+        print(markdown, end="")
+    table.log_to_wandb(cells, paths["heatmap"])
+    if failures:
+        console.print(f"[yellow]{len(failures)} failed job(s) excluded from the means[/] (listed in the table)")
+    console.print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0

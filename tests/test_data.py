@@ -151,3 +151,12 @@ def test_invalid_policies_are_refused():
         LTCDataModule("x", ["dataset1"], target_stats="all")
     with pytest.raises(KeyError, match="valid sources: dataset1, dataset2, aflow"):
         load_source("dataset3")
+
+
+def test_cli_graphs_prints_counts(capsys):
+    from paraisite.cli.main import main as cli
+
+    assert cli(["data", "graphs", "dataset1", "mix"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset1+dataset2" in out
+    assert "238" in out

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_offline() -> bool:
+    """Whether wandb stays offline: yes unless ``WANDB_MODE=online`` or ``WANDB_API_KEY`` enables it."""
+    return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
+
+
+OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
 
 
 def config_dir() -> Path:

@@ -28,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave out the upstream per-run reference (registry group paper-results)",
     )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table and heatmap to a wandb run in the sweep's group (offline unless enabled)",
+    )
     parser.set_defaults(func=run_table)
 
 
@@ -59,8 +64,24 @@ def run_table(args: argparse.Namespace) -> int:
         Console().print(Markdown(markdown))
     else:
         print(markdown, end="")
-    table.log_to_wandb(cells, paths["heatmap"])
+    if args.wandb:
+        _log_to_new_wandb_run(cells, paths["heatmap"], runs, args.out_dir or args.sweep_dir)
     if failures:
         console.print(f"[yellow]{len(failures)} failed job(s) excluded from the means[/] (listed in the table)")
     console.print(f"wrote {', '.join(str(path) for path in paths.values())}")
     return 0
+
+
+def _log_to_new_wandb_run(cells: pd.DataFrame, heatmap: Path, runs: pd.DataFrame, out_dir: Path) -> None:
+    """Open a wandb run in the sweep's group (offline unless the environment enables wandb), log, finish."""
+    import wandb
+
+    from paraisite.config import wandb_offline
+
+    group = ",".join(sorted(runs["group"].dropna().astype(str).unique())) or None
+    mode = "offline" if wandb_offline() else "online"
+    wandb.init(project="paraisite", group=group, job_type="table", mode=mode, dir=str(out_dir))
+    try:
+        table.log_to_wandb(cells, heatmap)
+    finally:
+        wandb.finish()

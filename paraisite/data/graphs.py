@@ -26,7 +26,7 @@ from torch_geometric.data.separate import separate
 
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write, settings_key
-from paraisite.data.sources import CrystalRecord, load_source
+from paraisite.data.sources import CrystalRecord, load_source, source_key
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,6 @@ def load_graph_set(
     """
     if on_isolated not in ISOLATED_POLICIES:
         raise ValueError(f"on_isolated={on_isolated!r}; valid: {', '.join(ISOLATED_POLICIES)}")
-    from paraisite.data.sources import source_key  # local: keeps the import graph one-directional
-
     path = graph_cache_path(source, source_key(source, on_bad_structure), builder)
     if path.is_file():
         graph_set = _load(path, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from paraisite.config import config_dir, load_group_option
@@ -80,13 +81,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataModule:
     """The training datamodule, or (``data_name``) the same settings on another dataset of ``conf/data``."""
-    data_cfg = cfg.data
     if data_name is not None:
         other = load_group_option("data", data_name)
-        data_cfg = OmegaConf.merge(cfg.data, {"name": other.name, "sources": other.sources})
-        data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=False))
-        data_cfg._set_parent(cfg)
-    return instantiate(data_cfg)
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.data.name, cfg.data.sources = other.name, other.sources
+    return instantiate(cfg.data)
 
 
 def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor:

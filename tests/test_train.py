@@ -20,6 +20,7 @@ from paraisite.data.target import TargetScaler
 from paraisite.evaluation.cross import predict_loader
 from paraisite.training.module import LTCRegressor, reference_tc
 from paraisite.training.train import build_datamodule, build_model, instantiate_group, run, train
+from paraisite.zoo.applicability import load_applicability
 from tests.helpers import FAST, compose_train, hydra_configs
 
 STATS = {"mean": 1.0, "std": 0.5}
@@ -87,6 +88,9 @@ def test_checkpoint_reloads_standalone_with_identical_predictions(tmp_path):
     result = train(cfg)
     reloaded = LTCRegressor.load_from_checkpoint(result["best_checkpoint"], map_location="cpu")
     assert reloaded.hparams.graph["cutoff"] == 4.0
+    reference = load_applicability(result["best_checkpoint"])  # attached by train() for prediction
+    assert {"Ag", "Br", "O"} <= set(reference.elements)
+    assert len(reference.latents) == 76
     assert float(reloaded.scaler.mean) == pytest.approx(result["data"]["target_stats"]["mean"])
     datamodule = build_datamodule(cfg)
     datamodule.setup()

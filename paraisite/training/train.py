@@ -28,6 +28,7 @@ from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.training.module import LTCRegressor
+from paraisite.zoo.applicability import attach_applicability
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if trainer.is_global_zero:
         best = LTCRegressor.load_from_checkpoint(best_path, map_location="cpu") if best_path else model.cpu()
+        if best_path:  # training elements + latent vectors, for applicability flags at prediction time
+            attach_applicability(best_path, best, datamodule.train_dataloader())
         result["best_checkpoint"] = best_path or None
         scaling = best.hparams.label_scaling
         result["best"] = evaluate_on(best, datamodule, scaling)

@@ -1,0 +1,90 @@
+"""``paraisite zoo list|card|export``: the model zoo, its model cards, and ensemble bundles from sweeps."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from paraisite.data import registry
+from paraisite.zoo.bundle import export_bundle, install_bundle, installed_bundle_dir, is_bundle, read_bundle
+
+if TYPE_CHECKING:
+    from paraisite.zoo.catalog import ZooEntry
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``zoo list``, ``zoo card`` and ``zoo export``."""
+    parser = subparsers.add_parser("zoo", help="pretrained models: list, model cards, ensemble bundles")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="table of the zoo's models").set_defaults(func=run_list)
+    card = actions.add_parser("card", help="print a model card (Markdown)")
+    card.add_argument("name", metavar="NAME", help="a name from `paraisite zoo list`")
+    card.set_defaults(func=run_card)
+    export = actions.add_parser("export", help="bundle the completed runs of a sweep as an ensemble")
+    export.add_argument("sweep", help="sweep directory (searched recursively for metrics.json)")
+    export.add_argument("--step", required=True, help="task name of the runs, e.g. step3")
+    export.add_argument("--dataset", required=True, help="dataset name of the runs, e.g. Dataset1")
+    export.add_argument("--name", required=True, help="bundle name, e.g. ltc-step3-dataset1")
+    export.add_argument("-o", "--output", help="bundle directory to create")
+    export.add_argument("--install", action="store_true", help="install it in <cache>/zoo/<name> (too)")
+    export.set_defaults(func=run_export)
+
+
+def _stored_score(entry: ZooEntry) -> str | None:
+    """A CGCNN checkpoint's own validation score; ``None`` for ensembles or if it cannot be fetched."""
+    from paraisite.zoo.catalog import checkpoint_score
+
+    if entry.family != "cgcnn":
+        return None
+    try:
+        return checkpoint_score(entry)
+    except registry.RegistryError:
+        return None
+
+
+def _status(entry: ZooEntry) -> str:
+    if entry.family == "cgcnn":
+        return "published"
+    return "installed" if is_bundle(installed_bundle_dir(entry.name)) else "not yet published"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the zoo as a table: name, property, units, references, errors, status."""
+    from paraisite.zoo.catalog import CATALOG
+
+    table = Table(title="paraisite model zoo (`paraisite zoo card NAME` for details)")
+    table.add_column("name", no_wrap=True)
+    for column in ("property", "units", "data ref.", "model ref.", "published error", "in file", "status"):
+        table.add_column(column, overflow="fold")
+    for entry in CATALOG.values():
+        in_file = _stored_score(entry) or ("see card" if entry.family == "cgcnn" else "-")
+        row = (entry.property, entry.units, entry.data_reference, entry.model_reference, entry.published_error)
+        table.add_row(entry.name, *row, in_file, _status(entry))
+    Console(width=200).print(table)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """Print the model card of one entry."""
+    from paraisite.zoo.catalog import get_entry, model_card
+
+    entry = get_entry(args.name)
+    print(model_card(entry, _stored_score(entry)))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Build a bundle from a sweep into ``-o``, ``--install`` it in the cache, or both."""
+    if not args.output and not args.install:
+        raise ValueError("give -o DIR, --install, or both")
+    target = args.output or installed_bundle_dir(args.name)
+    bundle = read_bundle(export_bundle(args.sweep, args.step, args.dataset, args.name, target).parent)
+    console = Console(stderr=True)
+    seeds = ", ".join(str(member.seed) for member in bundle.members)
+    console.print(f"bundle {bundle.name}: {len(bundle.members)} members (seeds {seeds}) in {bundle.root}")
+    if args.output and args.install:
+        console.print(f"installed in {install_bundle(bundle.root)}")
+    return 0

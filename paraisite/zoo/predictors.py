@@ -1,0 +1,218 @@
+"""One interface over the zoo's models: a CGCNN pretrained model, one LTC checkpoint, an LTC ensemble bundle.
+
+A :class:`Predictor` gives a picklable ``graph_builder`` (structure -> graph, run in worker processes) and
+``predict(graphs)``: named value columns (units in the names) plus, where the model carries an applicability
+reference, kNN latent distances and percentiles (:mod:`paraisite.zoo.applicability`). :func:`load_predictor`
+resolves ``--model``: a zoo name, a ``.ckpt`` file, a run directory or a bundle directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from matgl.graph.data import collate_fn_graph
+from pymatgen.core import Element, Structure
+from torch import nn
+
+from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
+from paraisite.training.module import LTCRegressor
+from paraisite.training.train import resolve_checkpoint
+from paraisite.zoo.applicability import ApplicabilityReference, load_applicability
+from paraisite.zoo.bundle import installed_bundle_dir, is_bundle, read_bundle
+from paraisite.zoo.catalog import CATALOG, LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailableError(LookupError):
+    """A zoo model is neither published nor installed locally; the message says how to get it."""
+
+
+@dataclass
+class Predictions:
+    """Model outputs for a batch of graphs.
+
+    Attributes:
+        outputs: value column -> ``[B]`` array.
+        knn_distance: ``[B]`` latent kNN distances, ``None`` without a latent reference.
+        percentile: ``[B]`` percentiles (0-100) of those distances in the training distribution.
+    """
+
+    outputs: dict[str, np.ndarray]
+    knn_distance: np.ndarray | None = None
+    percentile: np.ndarray | None = None
+
+
+class Predictor(ABC):
+    """A model ready to predict structures.
+
+    Attributes:
+        name: what ``--model`` resolved to (zoo name or path).
+        columns: value columns of :meth:`predict`; the first one ranks a scan.
+        training_elements: elements of the training data (``None`` if unknown).
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    training_elements: frozenset[str] | None
+
+    @abstractmethod
+    def graph_builder(self) -> Callable[[Structure, str], Any]:
+        """A picklable ``build(structure, name) -> graph``; errors name the structure and the problem."""
+
+    @abstractmethod
+    def predict(self, graphs: Sequence[Any]) -> Predictions:
+        """Predictions for graphs made by :meth:`graph_builder`."""
+
+    def unseen_elements(self, elements: frozenset[str]) -> list[str] | None:
+        """Sorted elements absent from the training data, or ``None`` if the training elements are unknown."""
+        return None if self.training_elements is None else sorted(elements - self.training_elements)
+
+
+class CGCNNPredictor(Predictor):
+    """A published CGCNN model: values in the model's units, plus GPa for the log10 moduli; P(metal)."""
+
+    def __init__(self, name: str, pretrained: CGCNNPretrained, columns: tuple[str, ...]) -> None:
+        """Wrap ``pretrained``; ``columns`` are its catalog columns (two for log10 models: log10, physical)."""
+        self.name = name
+        self.pretrained = pretrained
+        self.columns = columns
+        known = np.flatnonzero(pretrained.featurizer.known_elements)
+        self.training_elements = frozenset(Element.from_Z(int(z)).symbol for z in known if z > 0)
+
+    def graph_builder(self) -> Callable[[Structure, str], Any]:
+        """The CGCNN featuriser (8 Å, 12 neighbours)."""
+        return self.pretrained.featurizer
+
+    def predict(self, graphs: Sequence[Any]) -> Predictions:
+        """One batch through :meth:`CGCNNPretrained.predict_graphs`."""
+        raw = self.pretrained.predict_graphs(graphs, batch_size=max(1, len(graphs)))
+        values = {self.columns[0]: raw}
+        if self.pretrained.info.log10:
+            values[self.columns[1]] = self.pretrained.to_physical_units(raw)
+        return Predictions(values)
+
+
+@contextmanager
+def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the first input of each call of ``module`` (here: the backbone features entering the head)."""
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].detach()))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class LTCPredictor(Predictor):
+    """One LTC checkpoint (column ``tc_W_per_mK``) or an ensemble (mean, population std and std/mean in W/mK).
+
+    Applicability: elements are the union of the members' training elements; kNN distances and percentiles are
+    computed per member in its own latent space and averaged. Without a reference in every member, the
+    applicability columns stay empty.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        models: Sequence[LTCRegressor],
+        references: Sequence[ApplicabilityReference | None],
+        ensemble: bool,
+    ) -> None:
+        """Members share one graph-builder config (refused otherwise); ``references`` align with ``models``."""
+        graphs = [model.hparams.graph for model in models]
+        if any(graph != graphs[0] for graph in graphs):
+            raise ValueError(f"{name}: ensemble members use different graph settings: {graphs}")
+        self.name = name
+        self.models = [model.eval() for model in models]
+        self.builder = instantiate(graphs[0])
+        self.ensemble = ensemble
+        self.columns = LTC_ENSEMBLE_COLUMNS if ensemble else LTC_COLUMNS
+        self.references = list(references) if all(ref is not None for ref in references) else None
+        if self.references is None:
+            log.warning("%s: no applicability reference in (every) checkpoint; applicability columns stay empty", name)
+            self.training_elements = None
+        else:
+            self.training_elements = frozenset().union(*(ref.elements for ref in self.references))
+
+    def graph_builder(self) -> Callable[[Structure, str], Any]:
+        """The members' graph builder (MEGNet radius graph)."""
+        return self.builder.build
+
+    @torch.no_grad()
+    def predict(self, graphs: Sequence[Any]) -> Predictions:
+        """TC of each member in W/mK; the members' backbone outputs for the applicability reference."""
+        items = []
+        for stored in graphs:
+            graph = stored.clone()
+            lattice, state_attr = graph.lattice, graph.state_attr
+            del graph.lattice, graph.state_attr
+            items.append((graph, lattice, state_attr[0], {"tc": 0.0}))
+        graph, lattice, state_attr, _ = collate_fn_graph(items)
+        member_tc, member_latents = [], []
+        for model in self.models:
+            with captured_inputs(model.head) as latents:
+                member_tc.append(model.predict_tc(graph, lattice, state_attr).double().cpu().numpy())
+            member_latents.append(latents[0].reshape(len(graphs), -1))
+        tc = np.stack(member_tc)
+        if self.ensemble:
+            mean, std = tc.mean(axis=0), tc.std(axis=0)
+            values = dict(zip(LTC_ENSEMBLE_COLUMNS, (mean, std, std / mean), strict=True))
+        else:
+            values = {LTC_COLUMNS[0]: tc[0]}
+        if self.references is None or not all(ref.has_latents for ref in self.references):
+            return Predictions(values)
+        distances = [ref.knn_distance(z) for ref, z in zip(self.references, member_latents, strict=True)]
+        percentiles = [ref.percentile(d) for ref, d in zip(self.references, distances, strict=True)]
+        return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0))
+
+
+def load_checkpoints(name: str, paths: Sequence[Path], ensemble: bool) -> LTCPredictor:
+    """LTC checkpoints (with their applicability references, if any) as one predictor."""
+    models, references = [], []
+    for path in paths:
+        try:
+            models.append(LTCRegressor.load_from_checkpoint(path, map_location="cpu"))
+        except Exception as error:
+            raise ValueError(f"{path}: not a paraisite LTC checkpoint ({type(error).__name__}: {error})") from error
+        references.append(load_applicability(path))
+    return LTCPredictor(name, models, references, ensemble)
+
+
+def load_predictor(model: str | os.PathLike) -> Predictor:
+    """Resolve ``--model``: a zoo name, an ensemble bundle directory, a run directory or a ``.ckpt`` file.
+
+    Raises:
+        ModelUnavailableError: a zoo ensemble that is neither published nor installed in ``<cache>/zoo``.
+        FileNotFoundError: neither a zoo name nor an existing path.
+        paraisite.zoo.bundle.BundleIntegrityError: a bundle member does not match its sha256.
+    """
+    spec = str(model)
+    if spec in CATALOG:
+        entry = CATALOG[spec]
+        if entry.family == "cgcnn":
+            return CGCNNPredictor(entry.name, load_cgcnn_pretrained(entry.origin), entry.columns)
+        installed = installed_bundle_dir(entry.name)
+        if not is_bundle(installed):
+            raise ModelUnavailableError(f"{entry.unavailable_message} (looked for {installed})")
+        bundle = read_bundle(installed)
+        return load_checkpoints(entry.name, bundle.member_paths, ensemble=True)
+    path = Path(spec)
+    if is_bundle(path):
+        return load_checkpoints(spec, read_bundle(path).member_paths, ensemble=True)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--model {spec}: neither a zoo name (see `paraisite zoo list`) nor an existing checkpoint, "
+            "run directory or bundle directory"
+        )
+    return load_checkpoints(spec, [resolve_checkpoint(path)], ensemble=False)

@@ -1,0 +1,131 @@
+"""The model zoo: catalog and cards, ensemble bundles exported from a real (tiny) sweep, integrity checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paraisite.cli.main import main
+from paraisite.data import registry
+from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundle, read_bundle
+from paraisite.zoo.catalog import CATALOG, get_entry, model_card
+from paraisite.zoo.predictors import ModelUnavailableError, load_predictor
+from paraisite.zoo.scan import run_predictions
+from tests.test_predict import read_rows, tiny_ltc_run
+
+NAME = "ltc-step3-dataset1"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Two tiny Step-III-like runs (task_name step3, seeds 1 and 2) laid out as a Hydra sweep."""
+    root = tmp_path_factory.mktemp("sweep")
+    for seed in (1, 2):
+        tiny_ltc_run(root / "step3" / "Dataset1" / f"seed{seed}", "task_name=step3", f"seed={seed}")
+    return root
+
+
+@pytest.fixture
+def private_cache(tmp_path):
+    """A registry cache of its own (bundles get installed there), restored afterwards."""
+    previous = (registry.cache_dir(), registry.mirror_dir())
+    registry.configure(tmp_path / "cache", previous[1])
+    yield tmp_path / "cache"
+    registry.configure(*previous)
+
+
+@pytest.fixture(scope="module")
+def structures(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("structures")
+    cifs = registry.select("txie-93/cgcnn", "data/sample-regression/*.cif")[:4]
+    return [str(shutil.copy(registry.fetch_entry(entry), folder)) for entry in cifs]
+
+
+def test_list_shows_every_model_with_references_and_errors(capsys):
+    assert main(["zoo", "list"]) == 0
+    printed = capsys.readouterr().out
+    assert len(CATALOG) == 11
+    for name in CATALOG:
+        assert name in printed
+    # references; formation-energy MAE of Table I of the CGCNN paper; the scores stored in the checkpoints
+    for text in ("Materials Project", "Xie & Grossman", "MEGNet", "0.039 eV/atom", "val MAE", "val AUC"):
+        assert text in printed
+    assert "not yet published" in printed
+
+
+def test_cards_say_what_how_to_cite_and_limitations(capsys):
+    assert main(["zoo", "card", "cgcnn-bulk-moduli"]) == 0
+    card = capsys.readouterr().out
+    expected = ("# cgcnn-bulk-moduli", "Jain et al.", "Phys. Rev. Lett. 120, 145301", "same", "distribution")
+    for text in (*expected, "bulk_modulus_log10_GPa", "bulk_modulus_GPa"):
+        assert text in card
+    ltc = model_card(get_entry(NAME))
+    for text in ("Not yet published", "make reproduce", "manifest.json"):
+        assert text in ltc
+    assert main(["zoo", "card", "no-such-model"]) == 1
+
+
+def test_unpublished_ensemble_names_the_way_to_get_it(private_cache, capsys):
+    with pytest.raises(ModelUnavailableError, match=r"not yet published.*make reproduce.*zoo export"):
+        load_predictor(NAME)
+    assert main(["predict", "--model", NAME, "x.cif", "-o", str(private_cache / "out.csv")]) == 1
+    assert "not yet published" in capsys.readouterr().err
+
+
+def test_export_install_and_ensemble_statistics(sweep, tmp_path, private_cache, structures):
+    bundle_dir = tmp_path / "bundle"
+    command = ["zoo", "export", str(sweep), "--step", "step3", "--dataset", "Dataset1", "--name", NAME]
+    assert main([*command, "-o", str(bundle_dir), "--install"]) == 0
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    identity = (manifest["name"], manifest["step"], manifest["dataset"], manifest["protocol"])
+    assert identity == (NAME, "step3", "Dataset1", "clean")
+    assert manifest["paraisite_version"]
+    assert [member["seed"] for member in manifest["members"]] == [1, 2]
+    for member in manifest["members"]:
+        run = sweep / "step3" / "Dataset1" / f"seed{member['seed']}"
+        assert member["sha256"] == registry.sha256sum(run / "checkpoints" / "best.ckpt")
+        assert member["val_mape"] == json.loads((run / "metrics.json").read_text())["best"]["mape"]
+    assert (private_cache / "zoo" / NAME / "manifest.json").is_file()
+
+    members = []
+    for seed in (1, 2):
+        output = tmp_path / f"seed{seed}.csv"
+        run_predictions(load_predictor(str(sweep / "step3" / "Dataset1" / f"seed{seed}")), structures, output)
+        members.append([float(row["tc_W_per_mK"]) for row in read_rows(output)])
+    members = np.array(members)
+
+    ensemble = load_predictor(NAME)  # the installed bundle
+    output = tmp_path / "ensemble.csv"
+    run_predictions(ensemble, structures, output)
+    rows = read_rows(output)
+    mean = np.array([float(row["tc_mean_W_per_mK"]) for row in rows])
+    std = np.array([float(row["tc_std_W_per_mK"]) for row in rows])
+    np.testing.assert_allclose(mean, members.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std, members.std(axis=0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose([float(row["tc_rel_std"]) for row in rows], std / mean, rtol=1e-6)
+    assert all(0 <= float(row["latent_percentile"]) <= 100 for row in rows)
+
+    with pytest.raises(BundleError, match="not empty"):
+        export_bundle(sweep, "step3", "Dataset1", NAME, bundle_dir)
+    with pytest.raises(BundleError, match="no completed run of task 'step3' on dataset 'Dataset2'"):
+        export_bundle(sweep, "step3", "Dataset2", NAME, tmp_path / "other")
+
+
+def test_tampered_member_is_refused(sweep, tmp_path, capsys):
+    bundle_dir = tmp_path / "bundle"
+    export_bundle(sweep, "step3", "Dataset1", "tampered", bundle_dir)
+    read_bundle(bundle_dir)  # intact: accepted
+    member = bundle_dir / "seed2.ckpt"
+    expected = registry.sha256sum(member)
+    with open(member, "ab") as stream:
+        stream.write(b"\0")
+    actual = registry.sha256sum(member)
+    with pytest.raises(BundleIntegrityError, match=f"{expected}.*{actual}"):
+        load_predictor(str(bundle_dir))
+    assert main(["predict", "--model", str(bundle_dir), "x.cif", "-o", os.devnull]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err

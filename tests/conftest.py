@@ -25,3 +25,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def mirror_dir() -> Path:
     """The upstream mirror root."""
     return Path(os.environ["PARAISITE_MIRROR"])
+
+
+@pytest.fixture(autouse=True)
+def reset_registry_settings():
+    """Runs call ``registry.configure`` (process-wide); start every test from the environment alone."""
+    from paraisite.data import registry
+
+    registry.configure(None, None)
+    yield
+    registry.configure(None, None)

@@ -13,7 +13,7 @@ import torch
 from matgl.graph.data import collate_fn_graph
 from torch.utils.data import DataLoader, Dataset
 
-from paraisite.data.graphs import GraphBuilder, GraphSet, MEGNetGraphBuilder, load_graph_set
+from paraisite.data.graphs import GraphBuilder, GraphSet, MEGNetGraphBuilder, collate_item, load_graph_set
 from paraisite.data.target import target_statistics
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,11 @@ class GraphDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple:
         sample = self.samples[idx]
         graph_set = self.graph_sets[sample.source]
-        stored = graph_set.graphs[sample.index]
-        graph = stored.clone()
-        lattice, state_attr = graph.lattice, graph.state_attr
-        del graph.lattice, graph.state_attr
+        item = collate_item(graph_set.graphs[sample.index], graph_set.tc[sample.index].float())
+        graph = item[0]
         graph.sample_index = torch.tensor([idx])
         graph.label_stats = self.source_stats[sample.source]
-        return graph, lattice, state_attr[0], {"tc": graph_set.tc[sample.index].float()}
+        return item
 
     @property
     def tc(self) -> torch.Tensor:

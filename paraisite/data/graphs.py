@@ -92,6 +92,17 @@ class MEGNetGraphBuilder:
         return graph
 
 
+def collate_item(stored: Data, tc: float | torch.Tensor = 0.0) -> tuple[Data, torch.Tensor, torch.Tensor, dict]:
+    """A built graph as the ``(graph, lattice, state_attr, {"tc": tc})`` item of matgl's ``collate_fn_graph``.
+
+    The stored graph is left untouched; the returned copy carries neither ``lattice`` nor ``state_attr``.
+    """
+    graph = stored.clone()
+    lattice, state_attr = graph.lattice, graph.state_attr
+    del graph.lattice, graph.state_attr
+    return graph, lattice, state_attr[0], {"tc": tc}
+
+
 @dataclass
 class GraphSet:
     """The graphs of one source with their targets and identities (index-aligned)."""

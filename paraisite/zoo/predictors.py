@@ -24,6 +24,7 @@ from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Element, Structure
 from torch import nn
 
+from paraisite.data.graphs import collate_item
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.training.module import LTCRegressor
 from paraisite.training.train import resolve_checkpoint
@@ -152,13 +153,7 @@ class LTCPredictor(Predictor):
     @torch.no_grad()
     def predict(self, graphs: Sequence[Any]) -> Predictions:
         """TC of each member in W/mK; the members' backbone outputs for the applicability reference."""
-        items = []
-        for stored in graphs:
-            graph = stored.clone()
-            lattice, state_attr = graph.lattice, graph.state_attr
-            del graph.lattice, graph.state_attr
-            items.append((graph, lattice, state_attr[0], {"tc": 0.0}))
-        graph, lattice, state_attr, _ = collate_fn_graph(items)
+        graph, lattice, state_attr, _ = collate_fn_graph([collate_item(stored) for stored in graphs])
         member_tc, member_latents = [], []
         for model in self.models:
             with captured_inputs(model.head) as latents:

@@ -1,13 +1,15 @@
-"""Shared test helpers: compose the real Hydra config with overrides."""
+"""Shared test helpers: compose the real Hydra config with overrides; train a tiny real LTC model."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from paraisite.config import config_dir
+from paraisite.training.train import train
 
 #: Settings that make a run tiny and quiet on CPU.
 FAST = ["trainer.max_epochs=1", "logger=none", "callbacks.progress_bar=null", "cross_eval=[]"]
@@ -22,3 +24,20 @@ def compose_train(output_dir: Path, *overrides: str) -> DictConfig:
 def hydra_configs():
     """Context in which ``hydra.compose`` sees paraisite's config directory."""
     return initialize_config_dir(config_dir=str(config_dir()), version_base="1.3")
+
+
+#: A tiny real LTC run: MEGNet from scratch, 20 structures of Dataset1, one epoch.
+TINY_LTC = ("data=dataset1", "model/backbone=megnet_scratch", "max_per_source=20", *FAST)
+
+
+def tiny_ltc_run(run_dir: Path, *overrides: str):
+    """Train a tiny LTC model into ``run_dir`` (``train`` attaches its applicability reference); returns the config."""
+    cfg = compose_train(run_dir, *TINY_LTC, *overrides)
+    train(cfg)
+    return cfg
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts."""
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))

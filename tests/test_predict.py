@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,30 +18,11 @@ from paraisite.data.sources import load_source, read_structure
 from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import load_cgcnn_pretrained
 from paraisite.training.module import LTCRegressor
-from paraisite.training.train import build_datamodule, train
-from paraisite.zoo.applicability import attach_applicability, load_applicability
+from paraisite.training.train import build_datamodule
+from paraisite.zoo.applicability import load_applicability
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
-from tests.helpers import FAST, compose_train
-
-#: A tiny real LTC run: MEGNet from scratch, 20 structures of Dataset1, one epoch.
-TINY_LTC = ("data=dataset1", "model/backbone=megnet_scratch", "max_per_source=20", *FAST)
-
-
-def tiny_ltc_run(run_dir: Path, *overrides: str):
-    """Train a tiny LTC model into ``run_dir`` and attach its applicability reference; returns the config."""
-    cfg = compose_train(run_dir, *TINY_LTC, *overrides)
-    result = train(cfg)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup()
-    model = LTCRegressor.load_from_checkpoint(result["best_checkpoint"], map_location="cpu")
-    attach_applicability(result["best_checkpoint"], model, datamodule.train_dataloader())
-    return cfg
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as stream:
-        return list(csv.DictReader(stream))
+from tests.helpers import read_rows, tiny_ltc_run
 
 
 @pytest.fixture(scope="module")

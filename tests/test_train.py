@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from paraisite.config import group_options
+from paraisite.data import registry
 from paraisite.data.target import TargetScaler
 from paraisite.evaluation.cross import predict_loader
 from paraisite.training.module import LTCRegressor, reference_tc
@@ -101,6 +102,15 @@ def test_checkpoint_reloads_standalone_with_identical_predictions(tmp_path):
     assert result["best"]["mape"] == pytest.approx(
         float(torch.mean(torch.abs(first - again["true_tc"]) / again["true_tc"]))
     )
+
+
+def test_run_cache_setting_applies_to_that_run_only(tmp_path):
+    run_cache = tmp_path / "run-cache"
+    before = registry.cache_dir()
+    cfg = compose_train(tmp_path, "data=dataset1", *FAST, "+trainer.fast_dev_run=true", f"paths.cache_dir={run_cache}")
+    train(cfg)
+    assert any(run_cache.rglob("*.pkl")), "the run did not use its configured cache"
+    assert registry.cache_dir() == before
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):

@@ -16,7 +16,7 @@ from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundl
 from paraisite.zoo.catalog import CATALOG, get_entry, model_card
 from paraisite.zoo.predictors import ModelUnavailableError, load_predictor
 from paraisite.zoo.scan import run_predictions
-from tests.test_predict import read_rows, tiny_ltc_run
+from tests.helpers import read_rows, tiny_ltc_run
 
 NAME = "ltc-step3-dataset1"
 
@@ -33,10 +33,8 @@ def sweep(tmp_path_factory) -> Path:
 @pytest.fixture
 def private_cache(tmp_path):
     """A registry cache of its own (bundles get installed there), restored afterwards."""
-    previous = (registry.cache_dir(), registry.mirror_dir())
-    registry.configure(tmp_path / "cache", previous[1])
-    yield tmp_path / "cache"
-    registry.configure(*previous)
+    with registry.configured(tmp_path / "cache", registry.mirror_dir()):
+        yield tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")

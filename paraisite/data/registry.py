@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -109,6 +110,17 @@ def configure(cache_dir: str | os.PathLike | None = None, mirror: str | os.PathL
     """Set the process-wide cache and mirror (from a config); ``None`` leaves the environment/default in force."""
     _settings["cache_dir"] = str(cache_dir) if cache_dir else None
     _settings["mirror"] = str(mirror) if mirror else None
+
+
+@contextmanager
+def configured(cache_dir: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None) -> Iterator[None]:
+    """:func:`configure` for the duration of a block, then restore the previous settings (one run, one test)."""
+    previous = dict(_settings)
+    configure(cache_dir, mirror)
+    try:
+        yield
+    finally:
+        _settings.update(previous)
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:

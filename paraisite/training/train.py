@@ -137,8 +137,15 @@ def _metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit one model and evaluate it; returns the content of ``metrics.json``."""
-    registry.configure(cfg.paths.get("cache_dir"), cfg.paths.get("mirror_dir"))
+    """Fit one model and evaluate it; returns the content of ``metrics.json``.
+
+    The config's cache and mirror apply to this run only (``registry.configured``).
+    """
+    with registry.configured(cfg.paths.get("cache_dir"), cfg.paths.get("mirror_dir")):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):

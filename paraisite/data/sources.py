@@ -31,6 +31,7 @@ from pymatgen.core import Structure
 
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write, settings_key
+from paraisite.data.cif import is_cif, read_cif
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def read_structure(path: str | Path) -> Structure:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            structure = Structure.from_file(path)
+            structure = read_cif(path) if is_cif(path) else Structure.from_file(path)
     except Exception as error:
         raise StructureFileError(f"{path}: cannot read a crystal structure ({type(error).__name__}: {error})") from None
     if len(structure) == 0:

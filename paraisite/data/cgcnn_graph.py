@@ -13,6 +13,13 @@ happen in :class:`paraisite.models.cgcnn.CGCNN`):
 - ``edge_index`` ``[2, N * M]`` int64: row 0 the neighbour, row 1 the centre atom; centre-major, each centre's ``M``
   neighbours by increasing distance (PyG shifts both rows when batching);
 - ``edge_dist`` ``[N * M]`` float32: the distances in Å (``radius + 1`` for padding).
+
+:class:`CGCNNGraphBuilder` is the :class:`~paraisite.data.graphs.GraphBuilder` of the trainable CGCNN backbone: the
+same graphs (same padding, so published weights see the inputs they were trained on), plus ``node_type``,
+``lattice`` and a dummy ``state_attr`` for the datamodule, the applicability reference and the LTC predictor. An atom
+with *no* neighbour within ``radius`` is never padded: it is a :class:`~paraisite.data.graphs.GraphError` of kind
+``isolated_atom`` (the datamodule's ``on_isolated`` drops or refuses the structure). Padding of atoms with 1 to
+``M - 1`` neighbours warns; none of the structures of Dataset1, Dataset2 or AFLOW needs it at 8 Å.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +38,7 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Data
 
 from paraisite.data import registry
+from paraisite.data.graphs import GraphError
 
 CGCNN_REPO = "txie-93/cgcnn"
 ATOM_INIT_PATH = "data/sample-regression/atom_init.json"
@@ -38,6 +47,8 @@ DEFAULT_RADIUS = 8.0
 DEFAULT_MAX_NUM_NEIGHBORS = 12
 #: Distance tolerance of pymatgen's neighbour search (coincident self-images are dropped below it).
 NEIGHBOR_TOLERANCE = 1e-8
+#: Version of the graph layout of :class:`CGCNNGraphBuilder` (part of the graph-cache key).
+CGCNN_GRAPH_VERSION = 1
 
 
 def load_atom_init_table(
@@ -87,12 +98,14 @@ class CGCNNFeaturizer:
             structure_id: name used in errors and warnings (default: the formula).
 
         Raises:
-            ValueError: disordered structure, element without features, or an atom without any neighbour within
-                ``radius``.
+            GraphError: (a ``ValueError``) of kind ``disordered``, ``element`` (element without features) or
+                ``isolated_atom`` (an atom without any neighbour within ``radius``).
         """
         label = structure_id if structure_id is not None else structure.formula
         if not structure.is_ordered:
-            raise ValueError(f"structure {label}: disordered sites (partial occupancies) are not supported by CGCNN")
+            raise GraphError(
+                f"structure {label}: disordered sites (partial occupancies) are not supported by CGCNN", "disordered"
+            )
         numbers = np.asarray(structure.atomic_numbers, dtype=np.int64)
         self._check_elements(numbers, label)
         centres, neighbours, distances = self._neighbor_list(structure)
@@ -118,7 +131,8 @@ class CGCNNFeaturizer:
         known[in_table] = self.known_elements[numbers[in_table]]
         if not known.all():
             missing = sorted({Element.from_Z(int(z)).symbol for z in numbers[~known]})
-            raise ValueError(f"structure {label}: no CGCNN atom features (atom_init.json) for element(s) {missing}")
+            message = f"structure {label}: no CGCNN atom features (atom_init.json) for element(s) {missing}"
+            raise GraphError(message, "element")
 
     def _neighbor_list(self, structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Same search and arguments as ``Structure.get_neighbor_list`` (hence the same pair order)."""
@@ -141,9 +155,10 @@ class CGCNNFeaturizer:
         counts = np.bincount(centres, minlength=num_atoms)
         isolated = np.flatnonzero(counts == 0)
         if isolated.size:
-            raise ValueError(
+            raise GraphError(
                 f"structure {label}: atom(s) {isolated.tolist()} have no neighbour within {self.radius} Å; "
-                "CGCNN needs at least one"
+                "CGCNN needs at least one",
+                "isolated_atom",
             )
         if (counts < self.max_num_neighbors).any():
             warnings.warn(
@@ -160,6 +175,54 @@ class CGCNNFeaturizer:
         nbr_index = np.where(present, neighbours[order][position], 0)
         nbr_dist = np.where(present, distances[order][position], self.radius + 1.0)
         return nbr_index, nbr_dist
+
+
+class CGCNNGraphBuilder:
+    """CGCNN graphs for training and LTC prediction (a :class:`~paraisite.data.graphs.GraphBuilder`).
+
+    :class:`CGCNNFeaturizer` with the original ``atom_init.json`` element table; each graph also carries ``node_type``
+    ``[N]`` (index in :attr:`element_types`, for the applicability reference), ``lattice`` ``[1, 3, 3]`` and a dummy
+    ``state_attr`` ``[1, 1]`` (zeros; CGCNN has no state), so matgl's ``collate_fn_graph`` batches it like a MEGNet
+    graph. Isolated atoms are errors, partial neighbour lists are padded as in the original (module docstring).
+    """
+
+    def __init__(self, radius: float = DEFAULT_RADIUS, max_num_neighbors: int = DEFAULT_MAX_NUM_NEIGHBORS) -> None:
+        """Neighbour cutoff in Å and neighbours per atom (the original's 8 Å and 12)."""
+        self.featurizer = CGCNNFeaturizer(load_atom_init_table(), radius, max_num_neighbors)
+        known = np.flatnonzero(self.featurizer.known_elements)
+        #: Elements with atom features, by atomic number; ``node_type`` indexes this tuple.
+        self.element_types = tuple(Element.from_Z(int(z)).symbol for z in known)
+        self._node_type = np.full(self.featurizer.known_elements.size, -1, dtype=np.int64)
+        self._node_type[known] = np.arange(known.size)
+
+    @property
+    def radius(self) -> float:
+        """Neighbour cutoff in Å."""
+        return self.featurizer.radius
+
+    @property
+    def max_num_neighbors(self) -> int:
+        """Neighbours per atom (padded up to it)."""
+        return self.featurizer.max_num_neighbors
+
+    def settings(self) -> dict[str, Any]:
+        """Builder kind, cutoff, neighbour count, padding rule, element list and layout version."""
+        return {
+            "kind": "cgcnn",
+            "radius": self.radius,
+            "max_num_neighbors": self.max_num_neighbors,
+            "padding": "original",
+            "element_types": list(self.element_types),
+            "version": CGCNN_GRAPH_VERSION,
+        }
+
+    def build(self, structure: Structure, name: str = "structure") -> Data:
+        """Graph of ``structure``; raises :class:`~paraisite.data.graphs.GraphError` (kinds in ``CGCNNFeaturizer``)."""
+        graph = self.featurizer(structure, name)
+        graph.node_type = torch.from_numpy(self._node_type[graph.atomic_numbers.numpy()])
+        graph.lattice = torch.tensor(structure.lattice.matrix, dtype=torch.float32).reshape(1, 3, 3)
+        graph.state_attr = torch.zeros(1, 1, dtype=torch.float32)
+        return graph
 
 
 def save_graphs(graphs: Sequence[Data], path: str | os.PathLike) -> None:

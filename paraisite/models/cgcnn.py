@@ -3,13 +3,16 @@
 :class:`CGCNN` keeps the parameter names of the original ``CrystalGraphConvNet`` so that the checkpoints of
 ``txie-93/cgcnn/pre-trained`` load strictly; it reproduces the original ``predict.py`` (see ``tests/test_cgcnn.py``).
 Inputs are the graphs of :mod:`paraisite.data.cgcnn_graph` (one ``Data`` or a PyG ``Batch``).
+:class:`CGCNNBackbone` is the trainable LTC backbone (``model/backbone=cgcnn_scratch`` / ``cgcnn_pretrained``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +31,8 @@ from paraisite.data.cgcnn_graph import (
     CGCNNFeaturizer,
     load_atom_init_table,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Gaussian basis of the original data pipeline: centres ``dmin, dmin + step, ..., radius``, width ``step``.
 DEFAULT_GAUSSIAN_STEP = 0.2
@@ -238,6 +243,19 @@ def read_cgcnn_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def cgcnn_checkpoint_path(
+    name: str, *, cache: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
+) -> Path:
+    """Local, verified copy of the checkpoint of one of :data:`CGCNN_MODELS` (registry).
+
+    Raises:
+        KeyError: ``name`` is not one of the 8 models; the message lists them.
+    """
+    if name not in CGCNN_MODELS:
+        raise KeyError(f"unknown CGCNN model {name!r}; valid names: {', '.join(CGCNN_MODELS)}")
+    return registry.fetch(CGCNN_REPO, f"pre-trained/{name}.pth.tar", cache=cache, mirror=mirror)
+
+
 def build_cgcnn_from_checkpoint(
     checkpoint: Mapping[str, Any], source: str, atom_init_table: torch.Tensor | None = None
 ) -> CGCNN:
@@ -317,9 +335,7 @@ def load_cgcnn_pretrained(
         cache: registry cache root.
         mirror: registry mirror root.
     """
-    if name not in CGCNN_MODELS:
-        raise KeyError(f"unknown CGCNN model {name!r}; valid names: {', '.join(CGCNN_MODELS)}")
-    path = registry.fetch(CGCNN_REPO, f"pre-trained/{name}.pth.tar", cache=cache, mirror=mirror)
+    path = cgcnn_checkpoint_path(name, cache=cache, mirror=mirror)
     checkpoint = read_cgcnn_checkpoint(path)
     table = load_atom_init_table(cache=cache, mirror=mirror)
     return CGCNNPretrained(
@@ -331,3 +347,91 @@ def load_cgcnn_pretrained(
         epoch=int(checkpoint["epoch"]),
         best_mae_error=float(checkpoint["best_mae_error"]),
     )
+
+
+class CGCNNBackbone(nn.Module):
+    """CGCNN up to the input of ``fc_out``: a batch of CGCNN graphs -> ``[B, h_fea_len]`` crystal features.
+
+    Defaults are the architecture shared by the 8 published models (``atom_fea_len=64``, ``n_conv=4``,
+    ``h_fea_len=32``, ``n_h=1``; Gaussians 0..8 Å by 0.2 Å). ``__init__`` builds random weights only; load published
+    ones with :meth:`load_published`, so that a checkpoint rebuilds the module offline. The backbone has no ``fc_out``
+    (the LTC head replaces it) and never applies the classification model's dropout: initialised from
+    ``semi-metal-classification``, it gives that classifier's eval-mode features (dropout is the identity there) and
+    fine-tunes without it (the head has its own ``dropout``).
+    """
+
+    #: Constructor arguments that define the architecture (what must match a published model).
+    ARCH_ARGS = ("atom_fea_len", "n_conv", "h_fea_len", "n_h", "radius", "gaussian_step", "gaussian_dmin")
+
+    def __init__(
+        self,
+        *,
+        atom_fea_len: int = 64,
+        n_conv: int = 4,
+        h_fea_len: int = 32,
+        n_h: int = 1,
+        radius: float = DEFAULT_RADIUS,
+        gaussian_step: float = DEFAULT_GAUSSIAN_STEP,
+        gaussian_dmin: float = DEFAULT_GAUSSIAN_DMIN,
+    ) -> None:
+        """Build the network (arguments as :class:`CGCNN`; the element table is the original ``atom_init.json``)."""
+        super().__init__()
+        self.arch: dict[str, Any] = {
+            "atom_fea_len": int(atom_fea_len),
+            "n_conv": int(n_conv),
+            "h_fea_len": int(h_fea_len),
+            "n_h": int(n_h),
+            "radius": float(radius),
+            "gaussian_step": float(gaussian_step),
+            "gaussian_dmin": float(gaussian_dmin),
+        }
+        table = load_atom_init_table()
+        self.cgcnn = CGCNN(
+            orig_atom_fea_len=table.shape[1],
+            nbr_fea_len=round((radius - gaussian_dmin) / gaussian_step) + 1,
+            atom_fea_len=atom_fea_len,
+            n_conv=n_conv,
+            h_fea_len=h_fea_len,
+            n_h=n_h,
+            classification=False,
+            atom_init_table=table,
+            radius=radius,
+            gaussian_step=gaussian_step,
+            gaussian_dmin=gaussian_dmin,
+        )
+        self.cgcnn.fc_out = nn.Identity()
+        self.out_dim = int(h_fea_len)
+
+    def forward(self, graph: Data, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
+        """Features ``[B, out_dim]`` of a batch from ``collate_fn_graph``; ``lattice`` and ``state_attr`` are unused."""
+        return self.cgcnn.features(graph).reshape(-1, self.out_dim)
+
+    def load_published(self, name: str) -> None:
+        """Copy every tensor of a published CGCNN except ``fc_out`` into this backbone, strictly.
+
+        Raises:
+            ValueError: ``name`` is not one of :data:`CGCNN_MODELS` (the message lists them), or this backbone's
+                architecture differs from the published one.
+            RuntimeError: tensors are missing, unexpected or of another shape (from ``load_state_dict``).
+        """
+        if name not in CGCNN_MODELS:
+            valid = ", ".join(CGCNN_MODELS)
+            raise ValueError(f"unknown CGCNN checkpoint {name!r} (model.backbone.pretrained); valid names: {valid}")
+        path = cgcnn_checkpoint_path(name)
+        checkpoint = read_cgcnn_checkpoint(path)
+        args = checkpoint["args"]
+        published = {key: args[key] for key in ("atom_fea_len", "n_conv", "h_fea_len", "n_h")}
+        published.update(
+            radius=DEFAULT_RADIUS, gaussian_step=DEFAULT_GAUSSIAN_STEP, gaussian_dmin=DEFAULT_GAUSSIAN_DMIN
+        )
+        differences = [
+            f"{key}: {self.arch[key]!r} here, {published[key]!r} published"
+            for key in self.ARCH_ARGS
+            if self.arch[key] != published[key]
+        ]
+        if differences:
+            raise ValueError(f"CGCNNBackbone architecture differs from CGCNN {name}: {', '.join(differences)}")
+        model = build_cgcnn_from_checkpoint(checkpoint, str(path), atom_init_table=self.cgcnn.atom_init_table)
+        state = {key: value for key, value in model.state_dict().items() if not key.startswith("fc_out.")}
+        self.cgcnn.load_state_dict(state, strict=True)
+        logger.info("Loaded %d tensors of CGCNN %s into CGCNNBackbone (left out fc_out).", len(state), name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,17 @@ import pytest
 
 from paraisite.cli.main import main
 from paraisite.data import registry
-from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundle, read_bundle
+from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundle, extract_bundle, read_bundle
 from paraisite.zoo.catalog import CATALOG, get_entry, model_card
 from paraisite.zoo.predictors import ModelUnavailableError, load_predictor
+from paraisite.zoo.published import (
+    SITE_TABLE_ENV,
+    TABLE_COLUMNS,
+    fetch_bundle,
+    publish_bundle,
+    read_table,
+    unpacked_dir,
+)
 from paraisite.zoo.scan import run_predictions
 from tests.helpers import read_rows, tiny_ltc_run
 
@@ -127,3 +136,72 @@ def test_tampered_member_is_refused(sweep, tmp_path, capsys):
         load_predictor(str(bundle_dir))
     assert main(["predict", "--model", str(bundle_dir), "x.cif", "-o", os.devnull]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_published_bundle_is_fetched_from_the_mirror_verified_and_predicts(
+    sweep, tmp_path, private_cache, structures, monkeypatch, capsys
+):
+    bundle_dir = tmp_path / "bundle"
+    export_bundle(sweep, "step3", "Dataset1", NAME, bundle_dir)
+    release = ["--repo", "lab/paraisite", "--tag", "zoo-t"]
+    assert main(["zoo", "publish", str(bundle_dir), *release, "-o", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    row = captured.out.strip()
+    archive = tmp_path / f"{NAME}.tar.gz"
+    assert f"https://github.com/lab/paraisite/releases/download/zoo-t/{NAME}.tar.gz" in captured.err
+    published = read_table("\t".join(TABLE_COLUMNS) + "\n" + row)[NAME]
+    assert published.asset.sha256 == registry.sha256sum(archive)
+    mapes = [json.loads((run / "metrics.json").read_text())["best"]["mape"] for run in sweep.rglob("seed*")]
+    assert published.val_mape_mean == pytest.approx(np.mean(mapes), abs=1e-4)
+    assert published.members == 2
+    # reproducible: packing the same bundle again gives the same bytes, hence the same pin
+    again, _ = publish_bundle(bundle_dir, tmp_path / "again", "lab/paraisite", "zoo-t")
+    assert registry.sha256sum(again) == published.asset.sha256
+
+    # an air-gapped site: the archive in a mirror at the release path, the row in a site table
+    mirror = tmp_path / "mirror"
+    (mirror / published.asset.key).parent.mkdir(parents=True)
+    shutil.copyfile(archive, mirror / published.asset.key)
+    table = tmp_path / "site.tsv"
+    table.write_text("\t".join(TABLE_COLUMNS) + "\n" + row + "\n")
+    monkeypatch.setenv(SITE_TABLE_ENV, str(table))
+    with registry.configured(private_cache, mirror):
+        ensemble = load_predictor(NAME)
+        direct = load_predictor(str(bundle_dir))
+        assert main(["zoo", "card", NAME]) == 0
+    assert published.asset.url in capsys.readouterr().out
+    unpacked = unpacked_dir(published, private_cache)
+    assert read_bundle(unpacked).name == NAME
+    outputs = {}
+    for label, predictor in (("published", ensemble), ("direct", direct)):
+        outputs[label] = tmp_path / f"{label}.csv"
+        run_predictions(predictor, structures, outputs[label])
+    assert [row["tc_mean_W_per_mK"] for row in read_rows(outputs["published"])] == [
+        row["tc_mean_W_per_mK"] for row in read_rows(outputs["direct"])
+    ]
+
+
+def test_published_archive_with_another_hash_is_refused_before_unpacking(sweep, tmp_path, private_cache):
+    bundle_dir = tmp_path / "bundle"
+    export_bundle(sweep, "step3", "Dataset1", NAME, bundle_dir)
+    archive, published = publish_bundle(bundle_dir, tmp_path, "lab/paraisite", "zoo-t")
+    mirror = tmp_path / "mirror"
+    corrupt = mirror / published.asset.key
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(archive.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(registry.ChecksumError, match=published.asset.sha256):
+        fetch_bundle(published, cache=private_cache, mirror=mirror)
+    assert not unpacked_dir(published, private_cache).exists()
+    corrupt.unlink()
+    with pytest.raises(registry.MissingFileError, match="releases/download/zoo-t"):
+        fetch_bundle(published, cache=private_cache, mirror=mirror)
+
+
+def test_archive_with_a_link_or_outside_path_is_not_a_bundle(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("evil/manifest.json")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(BundleError, match="not a bundle archive"):
+        extract_bundle(archive, tmp_path / "out")

@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", help="bundle directory to create")
     export.add_argument("--install", action="store_true", help="install it in <cache>/zoo/<name> (too)")
     export.set_defaults(func=run_export)
+    publish = actions.add_parser("publish", help="pack a bundle for a release and print its published.tsv row")
+    publish.add_argument("bundle", help="bundle directory (from `zoo export -o`)")
+    publish.add_argument("--repo", required=True, help="GitHub repository of the release, OWNER/NAME")
+    publish.add_argument("--tag", required=True, help="release tag the archive is attached to, e.g. zoo-v1")
+    publish.add_argument("-o", "--output", default=".", help="directory for <name>.tar.gz (default: .)")
+    publish.set_defaults(func=run_publish)
 
 
 def _stored_score(entry: ZooEntry) -> str | None:
@@ -46,9 +52,17 @@ def _stored_score(entry: ZooEntry) -> str | None:
 
 
 def _status(entry: ZooEntry) -> str:
-    if entry.family == "cgcnn":
+    from paraisite.zoo.published import published_bundles
+
+    if entry.family == "cgcnn" or entry.name in published_bundles():
         return "published"
-    return "installed" if is_bundle(installed_bundle_dir(entry.name)) else "not yet published"
+    installed = installed_bundle_dir(entry.name)
+    if not is_bundle(installed):
+        return "not yet published"
+    members = read_bundle(installed).members
+    mapes = [member.val_mape for member in members if member.val_mape is not None]
+    mape = f", val MAPE {sum(mapes) / len(mapes):.3f}" if mapes else ""
+    return f"installed ({len(members)} members{mape})"
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -87,4 +101,16 @@ def run_export(args: argparse.Namespace) -> int:
     console.print(f"bundle {bundle.name}: {len(bundle.members)} members (seeds {seeds}) in {bundle.root}")
     if args.output and args.install:
         console.print(f"installed in {install_bundle(bundle.root)}")
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    """Write ``<name>.tar.gz`` and print where to upload it and the row to add to ``published.tsv``."""
+    from paraisite.zoo.published import format_row, publish_bundle
+
+    archive, published = publish_bundle(args.bundle, args.output, args.repo, args.tag)
+    console = Console(stderr=True, soft_wrap=True)  # paths and URLs stay on one line, to copy
+    console.print(f"archive {archive} ({published.asset.size} bytes, sha256 {published.asset.sha256})")
+    console.print(f"upload it to {published.asset.url}, then add this row to paraisite/zoo/published.tsv:")
+    print(format_row(published))
     return 0

@@ -31,6 +31,7 @@ UPSTREAM_COMMITS: dict[str, str] = {
     "anthony-wang/can_machine_learning_find_extraordinary_materials": "a92de37fb3c9640db66a8e8781d9bcc1a69b2d73",
 }
 RAW_URL = "https://raw.githubusercontent.com/"
+RELEASE_URL = "https://github.com/"
 CACHE_ENV = "PARAISITE_CACHE"
 MIRROR_ENV = "PARAISITE_MIRROR"
 
@@ -91,6 +92,45 @@ class UpstreamFile:
     def mirror_path(self, mirror: str | os.PathLike) -> Path:
         """Where a mirror keeps this file: the URL prefix up to the commit replaced by the mirror root."""
         return Path(mirror) / self.repo / self.path
+
+
+@dataclass(frozen=True)
+class ReleaseAsset:
+    """A file attached to a release of a repository (e.g. a zoo bundle archive), pinned by tag and sha256.
+
+    Its URL is ``https://github.com/<repo>/releases/download/<tag>/<file>``; a mirror keeps it at
+    ``<mirror>/<repo>/releases/download/<tag>/<file>`` (the same rule as for repository files: the host, and the
+    commit for those, are dropped).
+    """
+
+    repo: str
+    tag: str
+    file: str
+    sha256: str
+    size: int
+
+    @property
+    def path(self) -> str:
+        """Path of the asset under its repository: ``releases/download/<tag>/<file>``."""
+        return f"releases/download/{self.tag}/{self.file}"
+
+    @property
+    def key(self) -> str:
+        """Name of the file in the cache: ``<owner>/<repo>/releases/download/<tag>/<file>``."""
+        return f"{self.repo}/{self.path}"
+
+    @property
+    def url(self) -> str:
+        """Download URL of the release asset."""
+        return f"{RELEASE_URL}{self.repo}/{self.path}"
+
+    def mirror_path(self, mirror: str | os.PathLike) -> Path:
+        """Where a mirror keeps this asset."""
+        return Path(mirror) / self.repo / self.path
+
+
+#: A pinned file: a repository file at a commit, or a release asset.
+PinnedFile = UpstreamFile | ReleaseAsset
 
 
 def _load_registry() -> dict[str, UpstreamFile]:
@@ -169,7 +209,7 @@ def sha256sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _mirror_downloader(entry: UpstreamFile, mirror: Path) -> Callable[[str, str, object], None]:
+def _mirror_downloader(entry: PinnedFile, mirror: Path) -> Callable[[str, str, object], None]:
     """A pooch downloader that copies ``entry`` from the mirror instead of the network."""
 
     def copy(url: str, output_file: str, _pooch: object) -> None:
@@ -194,7 +234,7 @@ def fetch(
 
 
 def fetch_entry(
-    entry: UpstreamFile,
+    entry: PinnedFile,
     *,
     cache: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,

@@ -15,9 +15,11 @@ before anything is unpickled and refuses a mismatch, naming both hashes. Install
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,60 @@ def install_bundle(source: str | os.PathLike, cache: str | os.PathLike | None = 
         raise BundleError(f"{target}: bundle {bundle.name!r} is already installed; remove that directory first")
     shutil.copytree(bundle.root, target)
     return target
+
+
+def archive_bundle(source: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Verify a bundle and pack it as ``<output_dir>/<name>.tar.gz`` (its files under ``<name>/``).
+
+    The archive is reproducible for given files (sorted members, zeroed times and owners), so its sha256 identifies
+    the bundle's content; that sha256 is what the published table pins.
+    """
+    bundle = read_bundle(source)
+    output = Path(output_dir) / f"{bundle.name}.tar.gz"
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    def write(tmp: Path) -> None:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped,
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            tar.add(bundle.root, arcname=bundle.name, recursive=False, filter=normalised)
+            for file in sorted([MANIFEST, *(member.file for member in bundle.members)]):
+                tar.add(bundle.root / file, arcname=f"{bundle.name}/{file}", filter=normalised)
+
+    atomic_write(output, write)
+    return output
+
+
+def extract_bundle(archive: str | os.PathLike, target: str | os.PathLike) -> Bundle:
+    """Unpack a bundle archive (made by :func:`archive_bundle`) into ``target`` and verify it.
+
+    Only regular files under one top directory are accepted (no links, absolute paths or ``..``); the unpacked
+    bundle is read with :func:`read_bundle`, so every member is checked against the manifest.
+    """
+    archive, target = Path(archive), Path(target)
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            members = tar.getmembers()
+            tops = {Path(member.name).parts[0] for member in members if member.name}
+            if len(tops) != 1 or any(not (member.isfile() or member.isdir()) for member in members):
+                raise BundleError(f"{archive}: not a bundle archive (one top directory of plain files expected)")
+            tar.extractall(staging, filter="data")
+        bundle_root = staging / tops.pop()
+        read_bundle(bundle_root)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bundle_root.rename(target)
+    except (tarfile.TarError, OSError) as error:
+        raise BundleError(f"{archive}: cannot unpack the bundle archive ({type(error).__name__}: {error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_bundle(target)

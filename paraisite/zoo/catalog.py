@@ -5,9 +5,9 @@ Two families:
 - ``cgcnn-*``: the 8 published CGCNN models of ``txie-93/cgcnn/pre-trained`` (Xie & Grossman 2018, Materials
   Project data), fetched through the registry (pinned sha256, mirror support).
 - ``ltc-step3-*``: ParAIsite ensembles (9 seeds) of Step III models for lattice thermal conductivity, trained by
-  this project and distributed as bundles (:mod:`paraisite.zoo.bundle`). None is published yet: until they are
-  (as archives pinned by URL and sha256 and fetched through the registry and its mirror, like every upstream
-  file), an entry resolves only to a bundle installed locally in ``<cache>/zoo/<name>`` by
+  this project and distributed as bundles (:mod:`paraisite.zoo.bundle`): release archives pinned by sha256 in
+  ``published.tsv`` and fetched through the registry and its mirror (:mod:`paraisite.zoo.published`). An entry
+  without a published row resolves to a bundle installed locally in ``<cache>/zoo/<name>`` by
   ``paraisite zoo export ... --install``.
 """
 
@@ -19,6 +19,7 @@ from typing import Literal
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
 from paraisite.models.cgcnn import CGCNN_MODELS, read_cgcnn_checkpoint
+from paraisite.zoo.published import PublishedBundle, published_bundles
 
 CGCNN_PAPER = "Xie & Grossman, Phys. Rev. Lett. 120, 145301 (2018)"
 MATERIALS_PROJECT = "Materials Project: Jain et al., APL Materials 1, 011002 (2013)"
@@ -127,19 +128,21 @@ def _cgcnn_entries() -> list[ZooEntry]:
 
 
 def _ltc_entries() -> list[ZooEntry]:
+    published = published_bundles()
     return [
         ZooEntry(
-            name=f"ltc-step3-{dataset.lower()}",
+            name=name,
             family="ltc-ensemble",
             property="lattice thermal conductivity",
             units="W/mK",
             columns=LTC_ENSEMBLE_COLUMNS,
             data_reference=f"{short}; AFLOW AGL (Step II)",
             model_reference="ParAIsite Step III; MEGNet (Chen et al. 2019)",
-            published_error="not yet published (see card)",
+            published_error=(published[name].measured_error if name in published else "not yet published (see card)"),
             origin=f"step3/{dataset}",
         )
         for dataset, (short, _description) in LTC_DATASETS.items()
+        for name in [f"ltc-step3-{dataset.lower()}"]
     ]
 
 
@@ -217,10 +220,22 @@ available offline, so no latent reference exists: `latent_knn_distance` and `lat
 """
 
 
+def _ltc_status(published: PublishedBundle | None, how_to_obtain: str) -> str:
+    if published is None:
+        return f"Not yet published: {how_to_obtain}."
+    asset = published.asset
+    return (
+        f"Published as release asset {asset.url} (sha256 {asset.sha256}, {asset.size} bytes; mirror path "
+        f"`<mirror>/{asset.key}`). Validation {published.measured_error} ({published.protocol} protocol): each "
+        "member on its own seed's validation split."
+    )
+
+
 def _ltc_card(entry: ZooEntry) -> str:
+    status = _ltc_status(published_bundles().get(entry.name), entry.how_to_obtain)
     return f"""# {entry.name}
 
-**Status.** Not yet published: {entry.how_to_obtain}.
+**Status.** {status}
 
 **What.** An ensemble of {ENSEMBLE_SEEDS} ParAIsite Step III models (seeds 1-{ENSEMBLE_SEEDS}) predicting the
 lattice thermal conductivity (W/mK) of a crystal. Each member is a MEGNet backbone ({MEGNET_PAPER}) initialised

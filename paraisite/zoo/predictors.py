@@ -31,6 +31,7 @@ from paraisite.training.train import resolve_checkpoint
 from paraisite.zoo.applicability import ApplicabilityReference, load_applicability
 from paraisite.zoo.bundle import installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import CATALOG, LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS
+from paraisite.zoo.published import fetch_bundle, published_bundles
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class LTCPredictor(Predictor):
             self.training_elements = frozenset().union(*(ref.elements for ref in self.references))
 
     def graph_builder(self) -> Callable[[Structure, str], Any]:
-        """The members' graph builder (MEGNet radius graph)."""
+        """The members' graph builder (from their checkpoints' graph config)."""
         return self.builder.build
 
     @torch.no_grad()
@@ -189,6 +190,7 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
 
     Raises:
         ModelUnavailableError: a zoo ensemble that is neither published nor installed in ``<cache>/zoo``.
+        paraisite.data.registry.RegistryError: a published bundle archive is missing or fails its checksum.
         FileNotFoundError: neither a zoo name nor an existing path.
         paraisite.zoo.bundle.BundleIntegrityError: a bundle member does not match its sha256.
     """
@@ -197,10 +199,14 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
         entry = CATALOG[spec]
         if entry.family == "cgcnn":
             return CGCNNPredictor(entry.name, load_cgcnn_pretrained(entry.origin), entry.columns)
+        published = published_bundles().get(entry.name)
         installed = installed_bundle_dir(entry.name)
-        if not is_bundle(installed):
+        if published is not None:
+            bundle = fetch_bundle(published)
+        elif is_bundle(installed):
+            bundle = read_bundle(installed)
+        else:
             raise ModelUnavailableError(f"{entry.unavailable_message} (looked for {installed})")
-        bundle = read_bundle(installed)
         return load_checkpoints(entry.name, bundle.member_paths, ensemble=True)
     path = Path(spec)
     if is_bundle(path):

@@ -1,0 +1,159 @@
+"""Published ensemble bundles: release assets pinned in ``published.tsv``, fetched, verified and unpacked.
+
+Where the weights live: each bundle is packed by ``paraisite zoo publish`` into a reproducible ``<name>.tar.gz``,
+attached to a release of the project repository, and pinned by one row of ``published.tsv`` (repository, tag,
+file, sha256, size, and the members' measured validation MAPE). Fetching goes through the registry like every
+upstream file: cache first, else the mirror (``<mirror>/<repo>/releases/download/<tag>/<file>``) or the network,
+and the archive's sha256 is checked before it is opened. It is unpacked once into
+``<cache>/zoo/published/<name>-<sha256[:12]>/``, where :func:`paraisite.zoo.bundle.read_bundle` checks each member's
+sha256 against the manifest again on every load.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from paraisite.data import registry
+from paraisite.zoo.bundle import Bundle, archive_bundle, extract_bundle, is_bundle, read_bundle
+
+SITE_TABLE_ENV = "PARAISITE_ZOO_TABLE"
+TABLE_COLUMNS = (
+    "name",
+    "repo",
+    "tag",
+    "file",
+    "sha256",
+    "size",
+    "members",
+    "val_mape_mean",
+    "val_mape_std",
+    "profile",
+    "protocol",
+)
+
+
+@dataclass(frozen=True)
+class PublishedBundle:
+    """One row of ``published.tsv``: a pinned bundle archive and its measured validation MAPE."""
+
+    name: str
+    asset: registry.ReleaseAsset
+    members: int
+    val_mape_mean: float
+    val_mape_std: float
+    profile: str
+    protocol: str
+
+    @property
+    def measured_error(self) -> str:
+        """Validation MAPE over the members, as the paper reports it: mean (std)."""
+        return f"MAPE {self.val_mape_mean:.3f} ({self.val_mape_std:.3f}), {self.members} seeds, {self.profile}"
+
+    def row(self) -> dict[str, str]:
+        """The row as written in ``published.tsv``."""
+        asset = self.asset
+        values = (self.name, asset.repo, asset.tag, asset.file, asset.sha256, asset.size, self.members)
+        values += (f"{self.val_mape_mean:.4f}", f"{self.val_mape_std:.4f}", self.profile, self.protocol)
+        return dict(zip(TABLE_COLUMNS, map(str, values), strict=True))
+
+
+def read_table(text: str) -> dict[str, PublishedBundle]:
+    """Parse a ``published.tsv`` text (comment lines start with ``#``)."""
+    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+    if tuple(rows.fieldnames or ()) != TABLE_COLUMNS:
+        raise ValueError(f"published table: columns {rows.fieldnames}, expected {list(TABLE_COLUMNS)}")
+    published = {}
+    for row in rows:
+        asset = registry.ReleaseAsset(row["repo"], row["tag"], row["file"], row["sha256"], int(row["size"]))
+        published[row["name"]] = PublishedBundle(
+            row["name"],
+            asset,
+            int(row["members"]),
+            float(row["val_mape_mean"]),
+            float(row["val_mape_std"]),
+            row["profile"],
+            row["protocol"],
+        )
+    return published
+
+
+def published_bundles() -> dict[str, PublishedBundle]:
+    """The bundles pinned in the package's ``published.tsv``, then in ``$PARAISITE_ZOO_TABLE`` (by zoo name).
+
+    A site table (same columns) lets a cluster pin archives it hosts itself, e.g. ensembles trained there before a
+    paraisite release pins them; its rows take precedence.
+    """
+    published = read_table(resources.files("paraisite.zoo").joinpath("published.tsv").read_text())
+    site_table = os.environ.get(SITE_TABLE_ENV)
+    if site_table:
+        try:
+            published.update(read_table(Path(site_table).expanduser().read_text()))
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{SITE_TABLE_ENV}={site_table}: unreadable published table ({error})") from None
+    return published
+
+
+def fetch_bundle(
+    published: PublishedBundle,
+    *,
+    cache: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+) -> Bundle:
+    """The verified, unpacked bundle of a published row (fetched and unpacked on first use).
+
+    Raises:
+        paraisite.data.registry.ChecksumError: the archive's sha256 is not the pinned one (nothing is unpacked).
+        paraisite.data.registry.MissingFileError: neither the URL nor the mirror has the archive.
+        paraisite.zoo.bundle.BundleIntegrityError: an unpacked member does not match the manifest.
+    """
+    target = unpacked_dir(published, cache)
+    if is_bundle(target):
+        return read_bundle(target)
+    archive = registry.fetch_entry(published.asset, cache=cache, mirror=mirror)
+    bundle = extract_bundle(archive, target)
+    if bundle.name != published.name:
+        raise registry.RegistryError(f"{archive}: holds bundle {bundle.name!r}, the table pins {published.name!r}")
+    return bundle
+
+
+def unpacked_dir(published: PublishedBundle, cache: str | os.PathLike | None = None) -> Path:
+    """Where a published bundle is unpacked: ``<cache>/zoo/published/<name>-<sha256[:12]>``."""
+    return registry.cache_dir(cache) / "zoo" / "published" / f"{published.name}-{published.asset.sha256[:12]}"
+
+
+def publish_bundle(
+    source: str | os.PathLike, output_dir: str | os.PathLike, repo: str, tag: str
+) -> tuple[Path, PublishedBundle]:
+    """Pack a bundle for release and describe its ``published.tsv`` row.
+
+    Returns the archive (to upload as asset ``<name>.tar.gz`` of release ``tag`` of ``repo``) and the row that
+    pins it: sha256, size, and the members' validation MAPE, mean and sample std (ddof 1, as in the tables).
+    """
+    bundle = read_bundle(source)
+    mapes = [member.val_mape for member in bundle.members]
+    if any(mape is None for mape in mapes):
+        raise ValueError(f"{bundle.root}: a member has no validation MAPE in the manifest; it cannot be published")
+    archive = archive_bundle(bundle.root, output_dir)
+    asset = registry.ReleaseAsset(repo, tag, archive.name, registry.sha256sum(archive), archive.stat().st_size)
+    values = np.asarray(mapes, dtype=float)
+    published = PublishedBundle(
+        bundle.name,
+        asset,
+        len(values),
+        float(values.mean()),
+        float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        str(bundle.manifest.get("profile")),
+        str(bundle.manifest.get("protocol")),
+    )
+    return archive, published
+
+
+def format_row(published: PublishedBundle) -> str:
+    """The tab-separated ``published.tsv`` line of a row."""
+    return "\t".join(published.row().values())

@@ -57,6 +57,9 @@ table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
 	$(BIN)/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+	$(BIN)/python benchmarks/predict_throughput.py --out benchmarks/results/predict_throughput.json
+	$(BIN)/python benchmarks/cgcnn_featurize.py --out benchmarks/results/cgcnn_featurize.json
+	$(BIN)/python benchmarks/cif_reading.py --out benchmarks/results/cif_reading.json
 
 clean: ## Remove caches of the tools (not the data cache)
 	rm -rf .pytest_cache .ruff_cache

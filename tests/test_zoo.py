@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from paraisite.cli.main import main
 from paraisite.data import registry
@@ -95,7 +96,11 @@ def test_export_install_and_ensemble_statistics(sweep, tmp_path, private_cache, 
     assert [member["seed"] for member in manifest["members"]] == [1, 2]
     for member in manifest["members"]:
         run = sweep / "step3" / "Dataset1" / f"seed{member['seed']}"
-        assert member["sha256"] == registry.sha256sum(run / "checkpoints" / "best.ckpt")
+        assert member["source_sha256"] == registry.sha256sum(run / "checkpoints" / "best.ckpt")
+        assert member["sha256"] == registry.sha256sum(bundle_dir / member["file"])
+        kept = torch.load(bundle_dir / member["file"], weights_only=True)
+        assert "optimizer_states" not in kept
+        assert "paraisite_applicability" in kept
         assert member["val_mape"] == json.loads((run / "metrics.json").read_text())["best"]["mape"]
     assert (private_cache / "zoo" / NAME / "manifest.json").is_file()
 

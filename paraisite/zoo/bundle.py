@@ -3,8 +3,9 @@
 A bundle is a directory::
 
     manifest.json   {"format", "name", "step", "dataset", "protocol", "profile", "paraisite_version",
-                     "members": [{"file", "sha256", "seed", "val_mape"}, ...]}
-    seed1.ckpt      the runs' ``checkpoints/best.ckpt`` (with their applicability reference, if attached)
+                     "members": [{"file", "sha256", "seed", "val_mape", "source_sha256"}, ...]}
+    seed1.ckpt      the run's ``checkpoints/best.ckpt`` (sha256 ``source_sha256``) without its training state:
+                    weights, hyper-parameters and the applicability reference
     ...
 
 :func:`export_bundle` builds one from the completed runs of a sweep (``metrics.json`` with ``status: completed``,
@@ -23,6 +24,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import paraisite
 from paraisite.data import registry
@@ -48,6 +51,7 @@ class BundleMember:
     sha256: str
     seed: int
     val_mape: float | None
+    source_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,20 @@ def _checked_runs(sweep_dir: Path, step: str, dataset: str) -> list[tuple[Path, 
     return runs
 
 
+#: Checkpoint entries a prediction needs; the optimizer, scheduler, loop and callback states are left out.
+INFERENCE_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "hparams_name", "hyper_parameters")
+
+
+def write_inference_checkpoint(source: Path, target: Path) -> None:
+    """Copy a training checkpoint without its training state (a third of the size; loads the same way).
+
+    Kept: the weights, hyper-parameters and the ``paraisite_*`` entries (e.g. the applicability reference).
+    """
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    kept = {key: value for key, value in checkpoint.items() if key in INFERENCE_KEYS or key.startswith("paraisite_")}
+    torch.save(kept, target)
+
+
 def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: str, output: str | os.PathLike) -> Path:
     """Build bundle ``name`` in ``output`` from the completed runs of a sweep; returns its manifest path.
 
@@ -156,7 +174,7 @@ def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: s
         if not checkpoint.is_file():
             raise BundleError(f"{run_dir}: completed run without {checkpoint.relative_to(run_dir)}")
         file = f"seed{metrics['seed']}.ckpt"
-        shutil.copyfile(checkpoint, output / file)
+        write_inference_checkpoint(checkpoint, output / file)
         mape = metrics.get("best", {}).get("mape")
         members.append(
             {
@@ -164,6 +182,7 @@ def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: s
                 "sha256": registry.sha256sum(output / file),
                 "seed": int(metrics["seed"]),
                 "val_mape": None if mape is None else float(mape),
+                "source_sha256": registry.sha256sum(checkpoint),
             }
         )
     first = runs[0][1]
@@ -218,6 +237,7 @@ def archive_bundle(source: str | os.PathLike, output_dir: str | os.PathLike) -> 
                 tar.add(bundle.root / file, arcname=f"{bundle.name}/{file}", filter=normalised)
 
     atomic_write(output, write)
+    output.chmod(0o644)
     return output
 
 

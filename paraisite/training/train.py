@@ -152,6 +152,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
+    code = provenance()  # the code the run starts with (the checkout may change while it trains)
 
     datamodule = build_datamodule(cfg)
     datamodule.setup()
@@ -176,7 +177,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "init": initialised,
         "epochs": trainer.current_epoch,
         "final": _metrics(trainer.callback_metrics, "val/"),
-        **provenance(),
+        **code,
     }
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""

@@ -20,6 +20,9 @@ from pymatgen.core.operations import MagSymmOp
 from pymatgen.electronic_structure.core import Magmom
 from pymatgen.io.cif import CifParser
 
+#: Largest number of (site, operation) images de-duplicated with one pairwise table (its size grows as the square).
+MAX_PAIRWISE_IMAGES = 3000
+
 
 def _matches(existing: np.ndarray, new: np.ndarray, tolerance: float) -> np.ndarray:
     """``[len(new), len(existing)]``: positions equal within ``tolerance`` in every fractional coordinate, modulo 1.
@@ -27,9 +30,30 @@ def _matches(existing: np.ndarray, new: np.ndarray, tolerance: float) -> np.ndar
     The same arithmetic as pymatgen's ``find_in_coord_list_pbc`` (``d - round(d)``), which is symmetric in its
     arguments, so a pairwise table decides exactly what the one-at-a-time comparisons decide.
     """
-    difference = existing[None, :, :] - new[:, None, :]
-    difference -= np.round(difference)
-    return np.all(np.abs(difference) < tolerance, axis=2)
+    equal = np.ones((len(new), len(existing)), dtype=bool)
+    for axis in range(3):
+        difference = existing[None, :, axis] - new[:, None, axis]
+        difference -= np.round(difference)
+        equal &= np.abs(difference) < tolerance
+    return equal
+
+
+def _first_unique(images: np.ndarray, tolerance: float, kept: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the images kept by pymatgen's rule: in order, keep one unless it equals an already kept position.
+
+    ``kept`` holds positions kept before these images. Keeping image ``i`` blocks every image equal to it, so an
+    image is kept exactly when no earlier kept one (or ``kept``) blocks it.
+    """
+    blocked = np.zeros(len(images), dtype=bool)
+    if kept is not None and len(kept):
+        blocked = _matches(kept, images, tolerance).any(axis=1)
+    equal = _matches(images, images, tolerance)
+    chosen = []
+    for index in range(len(images)):
+        if not blocked[index]:
+            chosen.append(index)
+            blocked |= equal[index]
+    return np.asarray(chosen, dtype=int)
 
 
 class FastCifParser(CifParser):
@@ -48,20 +72,22 @@ class FastCifParser(CifParser):
             return super()._unique_coords(coords, magmoms, lattice, labels)
         labels = labels or {}
         affine = np.stack([op.affine_matrix for op in operations])
-        kept = np.empty((0, 3))
-        labels_out: list[str] = []
-        for site in coords:
-            images = (affine @ np.array([*site, 1.0]))[:, :3]
-            images = images - np.floor(images)
-            seen = _matches(kept, images, self._site_tolerance).any(axis=1)
-            among = _matches(images, images, self._site_tolerance)
-            new: list[int] = []
-            for index in range(len(images)):
-                if not seen[index] and not (new and among[index, new].any()):
-                    new.append(index)
-            kept = np.concatenate([kept, images[new]])
-            labels_out += [labels.get(site, "no_label")] * len(new)
-        return list(kept), [Magmom(0)] * len(kept), labels_out
+        # images[s, k]: site s under operation k, wrapped into [0, 1) as pymatgen does (x - floor(x))
+        images = np.stack([(affine @ np.array([*site, 1.0]))[:, :3] for site in coords]).reshape(-1, 3)
+        images = images - np.floor(images)
+        owner = np.repeat(np.arange(len(coords)), len(operations))
+        if len(images) <= MAX_PAIRWISE_IMAGES:
+            chosen = _first_unique(images, self._site_tolerance)
+        else:  # site by site, against the positions kept so far
+            chosen_parts, kept = [], np.empty((0, 3))
+            for site_index in range(len(coords)):
+                offset = site_index * len(operations)
+                part = offset + _first_unique(images[owner == site_index], self._site_tolerance, kept)
+                chosen_parts.append(part)
+                kept = np.concatenate([kept, images[part]])
+            chosen = np.concatenate(chosen_parts)
+        labels_out = [labels.get(coords[owner[index]], "no_label") for index in chosen]
+        return list(images[chosen]), [Magmom(0)] * len(chosen), labels_out
 
 
 def is_cif(path: str | Path) -> bool:

@@ -15,7 +15,7 @@ import torch
 from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundle, extract_bundle, read_bundle
-from paraisite.zoo.catalog import CATALOG, get_entry, model_card
+from paraisite.zoo.catalog import CATALOG, QUICK_ENSEMBLE_MAPE, get_entry, model_card
 from paraisite.zoo.predictors import ModelUnavailableError, load_predictor
 from paraisite.zoo.published import (
     SITE_TABLE_ENV,
@@ -210,3 +210,16 @@ def test_archive_with_a_link_or_outside_path_is_not_a_bundle(tmp_path):
         tar.addfile(info)
     with pytest.raises(BundleError, match="not a bundle archive"):
         extract_bundle(archive, tmp_path / "out")
+
+
+def test_quick_ensemble_errors_in_cards_match_the_recorded_runs():
+    """The MAPEs quoted by the LTC cards are those of the 9 runs recorded in experiments/zoo-quick."""
+    members = Path(__file__).resolve().parents[1] / "experiments" / "zoo-quick" / "members.csv"
+    rows = read_rows(members)
+    for dataset, quoted in QUICK_ENSEMBLE_MAPE.items():
+        mapes = [float(row["val_mape"]) for row in rows if row["dataset"] == dataset]
+        assert len(mapes) == 9
+        assert quoted == f"{np.mean(mapes):.3f} ({np.std(mapes, ddof=1):.3f})"
+        entry = get_entry(f"ltc-step3-{dataset.lower()}")
+        assert quoted in model_card(entry)
+        assert quoted in entry.published_error

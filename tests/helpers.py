@@ -9,6 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from paraisite.config import config_dir
+from paraisite.data.datamodule import LTCDataModule
+from paraisite.data.sources import load_source
 from paraisite.training.train import train
 
 #: Settings that make a run tiny and quiet on CPU.
@@ -41,3 +43,14 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file as dicts."""
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
+
+
+def write_validation_poscars(datamodule: LTCDataModule, folder: Path) -> list[str]:
+    """Write the validation crystals of a set-up Dataset1 datamodule as POSCAR files, in split order."""
+    structures = {record.id: record.structure for record in load_source("dataset1").records}
+    paths = []
+    for index, sample in enumerate(datamodule.val_set.samples):
+        path = folder / f"{index:03d}-{sample.id}.vasp"
+        structures[sample.id].to(filename=str(path))
+        paths.append(str(path))
+    return paths

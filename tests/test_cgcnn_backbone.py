@@ -16,14 +16,14 @@ from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO, CGCNNGraphBuilder
 from paraisite.data.graphs import GraphError, build_graphs, collate_item
-from paraisite.data.sources import CrystalRecord, load_source
+from paraisite.data.sources import CrystalRecord
 from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import CGCNN_MODELS, CGCNNBackbone, load_cgcnn_pretrained
 from paraisite.training.metrics import ltc_metrics
 from paraisite.training.module import LTCRegressor
 from paraisite.training.train import build_datamodule, build_model, init_weights, train
 from paraisite.zoo.applicability import load_applicability
-from tests.helpers import FAST, compose_train, read_rows
+from tests.helpers import FAST, compose_train, read_rows, write_validation_poscars
 
 STATS = {"mean": 1.0, "std": 0.5}
 TINY = ("data=dataset1", "max_per_source=20", *FAST)
@@ -160,12 +160,7 @@ def test_pretrained_run_reloads_and_predicts(tmp_path):
     )
     assert load_applicability(checkpoint).latents.shape == (result["data"]["train"], 32)
 
-    structures = {record.id: record.structure for record in load_source("dataset1").records}
-    paths = []
-    for index, sample in enumerate(datamodule.val_set.samples):
-        path = tmp_path / f"{index:03d}-{sample.id}.vasp"
-        structures[sample.id].to(filename=str(path))
-        paths.append(str(path))
+    paths = write_validation_poscars(datamodule, tmp_path)
     output = tmp_path / "ltc.csv"
     assert main(["predict", "--model", str(run_dir), *paths, "-o", str(output), "--workers", "0"]) == 0
     rows = read_rows(output)

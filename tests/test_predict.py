@@ -22,7 +22,7 @@ from paraisite.training.train import build_datamodule
 from paraisite.zoo.applicability import load_applicability
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
-from tests.helpers import read_rows, tiny_ltc_run
+from tests.helpers import read_rows, tiny_ltc_run, write_validation_poscars
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +102,7 @@ def test_ltc_checkpoint_predicts_its_validation_predictions(tmp_path, ltc_run):
     datamodule.setup()
     model = LTCRegressor.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     expected = predict_loader(model, datamodule.val_dataloader())["pred_tc"].numpy()
-    structures = {record.id: record.structure for record in load_source("dataset1").records}
-    paths = []
-    for index, sample in enumerate(datamodule.val_set.samples):
-        path = tmp_path / f"{index:03d}-{sample.id}.vasp"
-        structures[sample.id].to(filename=str(path))
-        paths.append(str(path))
+    paths = write_validation_poscars(datamodule, tmp_path)
 
     output = tmp_path / "ltc.csv"
     assert main(["predict", "--model", str(run_dir), *paths, "-o", str(output), "--workers", "0"]) == 0

@@ -114,6 +114,18 @@ def test_run_cache_setting_applies_to_that_run_only(tmp_path):
     assert registry.cache_dir() == before
 
 
+@pytest.mark.parametrize(
+    ("backbone", "valid"), [("megnet_pretrained", "MEGNet-MP-2018.6.1-Eform"), ("cgcnn_pretrained", "band-gap")]
+)
+def test_unknown_pretrained_name_fails_before_any_data_is_loaded(tmp_path, backbone, valid):
+    cache = tmp_path / "cache"
+    overrides = (f"model/backbone={backbone}", "model.backbone.pretrained=nope", f"paths.cache_dir={cache}")
+    cfg = compose_train(tmp_path, "data=aflow", *overrides, *FAST)
+    with pytest.raises(ValueError, match=f"'nope'.*valid: .*{valid}"):
+        train(cfg)
+    assert not cache.exists()
+
+
 def test_same_seed_gives_identical_metrics(tmp_path):
     runs = []
     for name in ("a", "b"):

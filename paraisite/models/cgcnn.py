@@ -406,6 +406,11 @@ class CGCNNBackbone(nn.Module):
         """Features ``[B, out_dim]`` of a batch from ``collate_fn_graph``; ``lattice`` and ``state_attr`` are unused."""
         return self.cgcnn.features(graph).reshape(-1, self.out_dim)
 
+    @staticmethod
+    def published_names() -> tuple[str, ...]:
+        """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
+        return tuple(CGCNN_MODELS)
+
     def load_published(self, name: str) -> None:
         """Copy every tensor of a published CGCNN except ``fc_out`` into this backbone, strictly.
 

@@ -186,6 +186,11 @@ class MEGNetBackbone(nn.Module):
         attach_positions(g, lat)
         return self.megnet(g, state_attr=state_attr).reshape(-1, self.out_dim)
 
+    @staticmethod
+    def published_names() -> tuple[str, ...]:
+        """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
+        return tuple(PUBLISHED_MEGNET)
+
     def load_published(self, name: str) -> None:
         """Copy every tensor of a published MEGNet (converted) except its final Linear into this backbone.
 

@@ -100,6 +100,16 @@ def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor
     )
 
 
+def check_pretrained_name(cfg: DictConfig) -> None:
+    """Refuse an unknown ``model.backbone.pretrained`` before any data is loaded (the message lists valid names)."""
+    name = cfg.model.backbone.get("pretrained")
+    backbone_cls = get_class(cfg.model.backbone.net._target_)
+    if name and hasattr(backbone_cls, "published_names") and name not in backbone_cls.published_names():
+        valid = ", ".join(backbone_cls.published_names())
+        kind = backbone_cls.__name__
+        raise ValueError(f"model.backbone.pretrained={name!r} is not a published {kind}; valid: {valid}")
+
+
 def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
     """Load published backbone weights and/or a previous paraisite checkpoint (not its target statistics)."""
     report: dict[str, Any] = {"pretrained": cfg.model.backbone.get("pretrained"), "init_from": None}
@@ -153,6 +163,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     code = provenance()  # the code the run starts with (the checkout may change while it trains)
+    check_pretrained_name(cfg)
 
     datamodule = build_datamodule(cfg)
     datamodule.setup()

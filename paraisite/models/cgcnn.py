@@ -31,6 +31,7 @@ from paraisite.data.cgcnn_graph import (
     CGCNNFeaturizer,
     load_atom_init_table,
 )
+from paraisite.models.architecture import check_same_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -429,13 +430,7 @@ class CGCNNBackbone(nn.Module):
         published.update(
             radius=DEFAULT_RADIUS, gaussian_step=DEFAULT_GAUSSIAN_STEP, gaussian_dmin=DEFAULT_GAUSSIAN_DMIN
         )
-        differences = [
-            f"{key}: {self.arch[key]!r} here, {published[key]!r} published"
-            for key in self.ARCH_ARGS
-            if self.arch[key] != published[key]
-        ]
-        if differences:
-            raise ValueError(f"CGCNNBackbone architecture differs from CGCNN {name}: {', '.join(differences)}")
+        check_same_architecture("CGCNNBackbone", f"CGCNN {name}", self.arch, published, self.ARCH_ARGS)
         model = build_cgcnn_from_checkpoint(checkpoint, str(path), atom_init_table=self.cgcnn.atom_init_table)
         state = {key: value for key, value in model.state_dict().items() if not key.startswith("fc_out.")}
         self.cgcnn.load_state_dict(state, strict=True)

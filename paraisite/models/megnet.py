@@ -23,6 +23,7 @@ from matgl.models import MEGNet
 from torch import nn
 
 from paraisite.data import registry
+from paraisite.models.architecture import check_same_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -198,14 +199,7 @@ class MEGNetBackbone(nn.Module):
             ValueError: This backbone's architecture differs from the published one.
             RuntimeError: Tensors are missing, unexpected or of another shape (from ``load_state_dict``).
         """
-        published_arch = published_megnet_arch(name)
-        differences = [
-            f"{key}: {self.arch[key]!r} here, {published_arch[key]!r} published"
-            for key in self.ARCH_ARGS
-            if self.arch[key] != published_arch[key]
-        ]
-        if differences:
-            raise ValueError(f"MEGNetBackbone architecture differs from {name}: {', '.join(differences)}")
+        check_same_architecture("MEGNetBackbone", name, self.arch, published_megnet_arch(name), self.ARCH_ARGS)
         published = load_published_megnet(name).model
         skipped = _module_name(published, published.output_proj.last_linear) + "."
         state = {key: value for key, value in published.state_dict().items() if not key.startswith(skipped)}

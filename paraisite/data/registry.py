@@ -65,19 +65,30 @@ class MissingFileError(RegistryError, FileNotFoundError):
     """A file could be found neither at its URL nor in the mirror."""
 
 
+class _RepositoryLayout:
+    """Cache and mirror names of a file of repository ``repo`` at ``path`` (host and commit dropped)."""
+
+    repo: str
+    path: str
+
+    @property
+    def key(self) -> str:
+        """Name of the file in the registry and in the cache: ``<owner>/<repo>/<path>``."""
+        return f"{self.repo}/{self.path}"
+
+    def mirror_path(self, mirror: str | os.PathLike) -> Path:
+        """Where a mirror keeps this file: ``<mirror>/<owner>/<repo>/<path>``."""
+        return Path(mirror) / self.repo / self.path
+
+
 @dataclass(frozen=True)
-class UpstreamFile:
+class UpstreamFile(_RepositoryLayout):
     """One pinned upstream file."""
 
     repo: str
     path: str
     sha256: str
     size: int
-
-    @property
-    def key(self) -> str:
-        """Name of the file in the registry and in the cache: ``<owner>/<repo>/<path>``."""
-        return f"{self.repo}/{self.path}"
 
     @property
     def commit(self) -> str:
@@ -89,13 +100,9 @@ class UpstreamFile:
         """Download URL pinned to the commit."""
         return f"{RAW_URL}{self.repo}/{self.commit}/{self.path}"
 
-    def mirror_path(self, mirror: str | os.PathLike) -> Path:
-        """Where a mirror keeps this file: the URL prefix up to the commit replaced by the mirror root."""
-        return Path(mirror) / self.repo / self.path
-
 
 @dataclass(frozen=True)
-class ReleaseAsset:
+class ReleaseAsset(_RepositoryLayout):
     """A file attached to a release of a repository (e.g. a zoo bundle archive), pinned by tag and sha256.
 
     Its URL is ``https://github.com/<repo>/releases/download/<tag>/<file>``; a mirror keeps it at
@@ -115,18 +122,9 @@ class ReleaseAsset:
         return f"releases/download/{self.tag}/{self.file}"
 
     @property
-    def key(self) -> str:
-        """Name of the file in the cache: ``<owner>/<repo>/releases/download/<tag>/<file>``."""
-        return f"{self.repo}/{self.path}"
-
-    @property
     def url(self) -> str:
         """Download URL of the release asset."""
         return f"{RELEASE_URL}{self.repo}/{self.path}"
-
-    def mirror_path(self, mirror: str | os.PathLike) -> Path:
-        """Where a mirror keeps this asset."""
-        return Path(mirror) / self.repo / self.path
 
 
 #: A pinned file: a repository file at a commit, or a release asset.

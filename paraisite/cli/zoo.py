@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -51,10 +52,8 @@ def _stored_score(entry: ZooEntry) -> str | None:
         return None
 
 
-def _status(entry: ZooEntry) -> str:
-    from paraisite.zoo.published import published_bundles
-
-    if entry.family == "cgcnn" or entry.name in published_bundles():
+def _status(entry: ZooEntry, published: Collection[str]) -> str:
+    if entry.family == "cgcnn" or entry.name in published:
         return "published"
     installed = installed_bundle_dir(entry.name)
     if not is_bundle(installed):
@@ -68,7 +67,9 @@ def _status(entry: ZooEntry) -> str:
 def run_list(args: argparse.Namespace) -> int:
     """Print the zoo as a table: name, property, units, references, errors, status."""
     from paraisite.zoo.catalog import CATALOG
+    from paraisite.zoo.published import published_bundles
 
+    published = published_bundles()
     table = Table(title="paraisite model zoo (`paraisite zoo card NAME` for details)")
     table.add_column("name", no_wrap=True)
     for column in ("property", "units", "data ref.", "model ref.", "published error", "in file", "status"):
@@ -76,7 +77,7 @@ def run_list(args: argparse.Namespace) -> int:
     for entry in CATALOG.values():
         in_file = _stored_score(entry) or ("see card" if entry.family == "cgcnn" else "-")
         row = (entry.property, entry.units, entry.data_reference, entry.model_reference, entry.published_error)
-        table.add_row(entry.name, *row, in_file, _status(entry))
+        table.add_row(entry.name, *row, in_file, _status(entry, published))
     Console(width=200).print(table)
     return 0
 

@@ -211,13 +211,12 @@ def install_bundle(source: str | os.PathLike, cache: str | os.PathLike | None = 
     return target
 
 
-def archive_bundle(source: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
-    """Verify a bundle and pack it as ``<output_dir>/<name>.tar.gz`` (its files under ``<name>/``).
+def archive_bundle(bundle: Bundle, output_dir: str | os.PathLike) -> Path:
+    """Pack a bundle verified by :func:`read_bundle` as ``<output_dir>/<name>.tar.gz`` (its files under ``<name>/``).
 
     The archive is reproducible for given files (sorted members, zeroed times and owners), so its sha256 identifies
     the bundle's content; that sha256 is what the published table pins.
     """
-    bundle = read_bundle(source)
     output = Path(output_dir) / f"{bundle.name}.tar.gz"
     output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -257,13 +256,12 @@ def extract_bundle(archive: str | os.PathLike, target: str | os.PathLike) -> Bun
             if len(tops) != 1 or any(not (member.isfile() or member.isdir()) for member in members):
                 raise BundleError(f"{archive}: not a bundle archive (one top directory of plain files expected)")
             tar.extractall(staging, filter="data")
-        bundle_root = staging / tops.pop()
-        read_bundle(bundle_root)
+        bundle = read_bundle(staging / tops.pop())  # verified before it takes the target's place
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        bundle_root.rename(target)
+        bundle.root.rename(target)
     except (tarfile.TarError, OSError) as error:
         raise BundleError(f"{archive}: cannot unpack the bundle archive ({type(error).__name__}: {error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return read_bundle(target)
+    return Bundle(target, bundle.manifest, bundle.members)

@@ -139,7 +139,7 @@ def publish_bundle(
     mapes = [member.val_mape for member in bundle.members]
     if any(mape is None for mape in mapes):
         raise ValueError(f"{bundle.root}: a member has no validation MAPE in the manifest; it cannot be published")
-    archive = archive_bundle(bundle.root, output_dir)
+    archive = archive_bundle(bundle, output_dir)
     asset = registry.ReleaseAsset(repo, tag, archive.name, registry.sha256sum(archive), archive.stat().st_size)
     values = np.asarray(mapes, dtype=float)
     published = PublishedBundle(

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from paraisite.cli.main import main
 from paraisite.config import config_dir
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.data.sources import load_source
@@ -54,3 +55,11 @@ def write_validation_poscars(datamodule: LTCDataModule, folder: Path) -> list[st
         structures[sample.id].to(filename=str(path))
         paths.append(str(path))
     return paths
+
+
+def predict_with_cli(model: str | Path, paths: list[str], output: Path) -> list[dict[str, str]]:
+    """``paraisite predict --model MODEL PATHS -o OUTPUT`` in one process; its rows, checked to follow ``paths``."""
+    assert main(["predict", "--model", str(model), *paths, "-o", str(output), "--workers", "0"]) == 0
+    rows = read_rows(output)
+    assert [row["path"] for row in rows] == paths
+    return rows

@@ -12,7 +12,6 @@ import torch
 from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Lattice, Structure
 
-from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO, CGCNNGraphBuilder
 from paraisite.data.graphs import GraphError, build_graphs, collate_item
@@ -23,7 +22,7 @@ from paraisite.training.metrics import ltc_metrics
 from paraisite.training.module import LTCRegressor
 from paraisite.training.train import build_datamodule, build_model, init_weights, train
 from paraisite.zoo.applicability import load_applicability
-from tests.helpers import FAST, compose_train, read_rows, write_validation_poscars
+from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 STATS = {"mean": 1.0, "std": 0.5}
 TINY = ("data=dataset1", "max_per_source=20", *FAST)
@@ -161,10 +160,7 @@ def test_pretrained_run_reloads_and_predicts(tmp_path):
     assert load_applicability(checkpoint).latents.shape == (result["data"]["train"], 32)
 
     paths = write_validation_poscars(datamodule, tmp_path)
-    output = tmp_path / "ltc.csv"
-    assert main(["predict", "--model", str(run_dir), *paths, "-o", str(output), "--workers", "0"]) == 0
-    rows = read_rows(output)
-    assert [row["path"] for row in rows] == paths
+    rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")
     predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
     np.testing.assert_allclose(predicted, predictions["pred_tc"].numpy(), rtol=1e-5)
     assert all(row["unseen_elements"] == "" and 0.0 <= float(row["latent_percentile"]) <= 100.0 for row in rows)

@@ -22,7 +22,7 @@ from paraisite.training.train import build_datamodule
 from paraisite.zoo.applicability import load_applicability
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
-from tests.helpers import read_rows, tiny_ltc_run, write_validation_poscars
+from tests.helpers import predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,7 @@ def test_ltc_checkpoint_predicts_its_validation_predictions(tmp_path, ltc_run):
     expected = predict_loader(model, datamodule.val_dataloader())["pred_tc"].numpy()
     paths = write_validation_poscars(datamodule, tmp_path)
 
-    output = tmp_path / "ltc.csv"
-    assert main(["predict", "--model", str(run_dir), *paths, "-o", str(output), "--workers", "0"]) == 0
-    rows = read_rows(output)
-    assert [row["path"] for row in rows] == paths
+    rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")
     predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
     np.testing.assert_allclose(predicted, expected, rtol=1e-5)
     assert "tc_mean_W_per_mK" not in rows[0]

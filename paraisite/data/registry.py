@@ -131,9 +131,14 @@ class ReleaseAsset(_RepositoryLayout):
 PinnedFile = UpstreamFile | ReleaseAsset
 
 
+def read_tsv(text: str) -> csv.DictReader:
+    """Rows of a tab-separated table with a header line; lines starting with ``#`` are comments."""
+    return csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+
+
 def _load_registry() -> dict[str, UpstreamFile]:
     text = resources.files("paraisite.data").joinpath("registry.tsv").read_text()
-    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+    rows = read_tsv(text)
     files = [UpstreamFile(r["repo"], r["path"], r["sha256"], int(r["size"])) for r in rows]
     return {f.key: f for f in files}
 

@@ -11,7 +11,6 @@ sha256 against the manifest again on every load.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -65,7 +64,7 @@ class PublishedBundle:
 
 def read_table(text: str) -> dict[str, PublishedBundle]:
     """Parse a ``published.tsv`` text (comment lines start with ``#``)."""
-    rows = csv.DictReader((line for line in text.splitlines() if not line.startswith("#")), delimiter="\t")
+    rows = registry.read_tsv(text)
     if tuple(rows.fieldnames or ()) != TABLE_COLUMNS:
         raise ValueError(f"published table: columns {rows.fieldnames}, expected {list(TABLE_COLUMNS)}")
     published = {}

@@ -223,3 +223,13 @@ def test_quick_ensemble_errors_in_cards_match_the_recorded_runs():
         entry = get_entry(f"ltc-step3-{dataset.lower()}")
         assert quoted in model_card(entry)
         assert quoted in entry.published_error
+
+
+def test_unreadable_site_table_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    table = tmp_path / "site.tsv"
+    table.write_text("name\turl\nltc-step3-dataset1\thttps://example.org/x.tar.gz\n")
+    monkeypatch.setenv(SITE_TABLE_ENV, str(table))
+    assert main(["zoo", "list"]) == 1
+    error = capsys.readouterr().err
+    assert f"{SITE_TABLE_ENV}={table}" in error.replace("\n", "")
+    assert "expected" in error

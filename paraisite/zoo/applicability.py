@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from paraisite.checkpoints import load_checkpoint
 from paraisite.data.cache import atomic_write
 
 APPLICABILITY_KEY = "paraisite_applicability"
@@ -145,13 +146,19 @@ def attach_applicability(checkpoint_path: str | os.PathLike, model: Any, train_d
     """
     path = Path(checkpoint_path)
     reference = collect_reference(model, train_dataloader)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     checkpoint[APPLICABILITY_KEY] = reference.to_payload()
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_applicability(checkpoint_path: str | os.PathLike) -> ApplicabilityReference | None:
-    """The reference stored in a checkpoint, or ``None`` if it has none."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+def applicability_from_checkpoint(
+    checkpoint: dict[str, Any], source: str | os.PathLike
+) -> ApplicabilityReference | None:
+    """The reference stored in a loaded checkpoint dictionary, or ``None`` if it has none."""
     payload = checkpoint.get(APPLICABILITY_KEY)
-    return None if payload is None else ApplicabilityReference.from_payload(payload, str(checkpoint_path))
+    return None if payload is None else ApplicabilityReference.from_payload(payload, str(source))
+
+
+def load_applicability(checkpoint_path: str | os.PathLike) -> ApplicabilityReference | None:
+    """The reference stored in a checkpoint file (loaded by :func:`paraisite.checkpoints.load_checkpoint`)."""
+    return applicability_from_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 import paraisite
+from paraisite.checkpoints import load_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
 
@@ -151,7 +152,7 @@ def write_inference_checkpoint(source: Path, target: Path) -> None:
 
     Kept: the weights, hyper-parameters and the ``paraisite_*`` entries (e.g. the applicability reference).
     """
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(source)
     kept = {key: value for key, value in checkpoint.items() if key in INFERENCE_KEYS or key.startswith("paraisite_")}
     torch.save(kept, target)
 

@@ -24,12 +24,13 @@ from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Element, Structure
 from torch import nn
 
+from paraisite.checkpoints import load_ltc_checkpoint
 from paraisite.data.graphs import collate_item
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.training.module import LTCRegressor
 from paraisite.training.train import resolve_checkpoint
-from paraisite.zoo.applicability import ApplicabilityReference, load_applicability
-from paraisite.zoo.bundle import installed_bundle_dir, is_bundle, read_bundle
+from paraisite.zoo.applicability import ApplicabilityReference, applicability_from_checkpoint
+from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import CATALOG, LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS
 from paraisite.zoo.published import fetch_bundle, published_bundles
 
@@ -173,16 +174,24 @@ class LTCPredictor(Predictor):
         return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0))
 
 
-def load_checkpoints(name: str, paths: Sequence[Path], ensemble: bool) -> LTCPredictor:
-    """LTC checkpoints (with their applicability references, if any) as one predictor."""
+def load_checkpoints(
+    name: str, paths: Sequence[Path], ensemble: bool, sha256s: Sequence[str] | None = None
+) -> LTCPredictor:
+    """LTC checkpoints (with their applicability references, if any) as one predictor.
+
+    Each file is read once and loaded by :func:`paraisite.checkpoints.load_ltc_checkpoint` (weights only, allowed
+    classes only); ``sha256s`` (a bundle's manifest) are checked on the very bytes that are loaded.
+    """
     models, references = [], []
-    for path in paths:
-        try:
-            models.append(LTCRegressor.load_from_checkpoint(path, map_location="cpu"))
-        except Exception as error:
-            raise ValueError(f"{path}: not a paraisite LTC checkpoint ({type(error).__name__}: {error})") from error
-        references.append(load_applicability(path))
+    for index, path in enumerate(paths):
+        model, checkpoint = load_ltc_checkpoint(path, expected_sha256=None if sha256s is None else sha256s[index])
+        models.append(model)
+        references.append(applicability_from_checkpoint(checkpoint, path))
     return LTCPredictor(name, models, references, ensemble)
+
+
+def _bundle_predictor(name: str, bundle: Bundle) -> LTCPredictor:
+    return load_checkpoints(name, bundle.member_paths, True, [member.sha256 for member in bundle.members])
 
 
 def load_predictor(model: str | os.PathLike) -> Predictor:
@@ -207,10 +216,10 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
             bundle = read_bundle(installed)
         else:
             raise ModelUnavailableError(f"{entry.unavailable_message} (looked for {installed})")
-        return load_checkpoints(entry.name, bundle.member_paths, ensemble=True)
+        return _bundle_predictor(entry.name, bundle)
     path = Path(spec)
     if is_bundle(path):
-        return load_checkpoints(spec, read_bundle(path).member_paths, ensemble=True)
+        return _bundle_predictor(spec, read_bundle(path))
     if not path.exists():
         raise FileNotFoundError(
             f"--model {spec}: neither a zoo name (see `paraisite zoo list`) nor an existing checkpoint, "

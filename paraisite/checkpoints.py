@@ -1,0 +1,183 @@
+"""Trusted loading of checkpoint files, which may come from users: weights only, and only paraisite's classes.
+
+A ``.ckpt`` is a pickle. Two things could run someone else's code when one is opened, and both are closed here:
+
+1. **Unpickling.** Every load goes through :func:`load_checkpoint`: ``torch.load(..., weights_only=True)``
+   passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment cannot turn it off (torch >= 2.6
+   only lets that variable change loads that do not set ``weights_only``). The extra globals a paraisite checkpoint
+   may hold are listed once, in :data:`SAFE_GLOBALS`. A file that needs anything else is refused
+   (:class:`CheckpointTrustError`), naming the file and the global.
+2. **Instantiation.** The hyper-parameters of an LTC checkpoint hold Hydra ``_target_`` strings (backbone, head,
+   graph builder, optimizer) that are instantiated when the model is built. :func:`check_targets` refuses any
+   target that is not a class of :data:`ALLOWED_TARGET_MODULES` before anything is instantiated, so a checkpoint
+   whose ``graph._target_`` is ``os.system`` is refused like a malicious pickle.
+
+:func:`load_ltc_checkpoint` does both and builds the :class:`~paraisite.training.module.LTCRegressor` from the
+verified dictionary (the file is read once: the bytes checked are the bytes loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import keyword
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from paraisite.safety import MAX_CHECKPOINT_BYTES, check_regular_file
+
+if TYPE_CHECKING:
+    from paraisite.training.module import LTCRegressor
+
+#: Modules whose classes a checkpoint's ``_target_`` may name (exactly ``<module>.<Class>``).
+ALLOWED_TARGET_MODULES = frozenset(
+    {
+        "paraisite.models.megnet",
+        "paraisite.models.cgcnn",
+        "paraisite.models.heads",
+        "paraisite.models.stacked",
+        "paraisite.models.megnet_stacked",
+        "paraisite.data.graphs",
+        "paraisite.data.cgcnn_graph",
+        "torch.optim",
+        "torch.optim.lr_scheduler",
+    }
+)
+
+
+class CheckpointTrustError(ValueError):
+    """A checkpoint was refused: it needs more than weights to load, or names a class outside the allowed ones."""
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """Scalars as pickled by numpy 1.x and 2.x (e.g. a ``numpy.float64`` score in a callback state)."""
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    return [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype(np.float64))]
+
+
+#: The only non-tensor, non-builtin globals a checkpoint may hold: numpy scalars and their dtype. Registered here
+#: and nowhere else; a file needing another global is refused.
+SAFE_GLOBALS: list[Any] = _numpy_scalar_globals()
+
+
+def load_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The dictionary of a checkpoint file, loaded weights-only on the CPU.
+
+    Args:
+        path: a ``.ckpt`` (or any ``torch.save`` file) from anywhere, user files included.
+        expected_sha256: if given, the bytes read must have this sha256 (checked on the bytes that are loaded).
+
+    Raises:
+        FileNotFoundError: no such file.
+        paraisite.safety.UnsafeFileError: not a regular file, or larger than the checkpoint limit.
+        CheckpointTrustError: the sha256 differs, or the file needs globals beyond :data:`SAFE_GLOBALS`
+            (e.g. a crafted pickle that would run code), or it is not a checkpoint.
+    """
+    check_regular_file(path, MAX_CHECKPOINT_BYTES, what="checkpoint")
+    data = Path(path).read_bytes()
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise CheckpointTrustError(
+                f"{path}: sha256 mismatch: expected {expected_sha256}, the file has {actual}; nothing was loaded"
+            )
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = _unpickling_reason(error)
+        raise CheckpointTrustError(
+            f"{path}: refused: the checkpoint needs more than weights to load, so it could run code "
+            f"(weights-only load failed: {reason})"
+        ) from None
+    except Exception as error:
+        raise CheckpointTrustError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointTrustError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The specific line of torch's weights-only error (the global it refused), without its generic advice."""
+    paragraphs = [part.strip() for part in str(error).split("\n\n") if part.strip()]
+    specific = [part for part in paragraphs if "GLOBAL" in part or "nsupported" in part]
+    return (specific or paragraphs or [type(error).__name__])[0]
+
+
+def _targets(config: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` of every ``_target_`` key in a nested config of dicts and lists."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from _targets(value, f"{where}.{key}")
+    elif isinstance(config, (list, tuple)):
+        for index, value in enumerate(config):
+            yield from _targets(value, f"{where}[{index}]")
+
+
+def check_target(target: Any, where: str, source: str | os.PathLike) -> None:
+    """Refuse a ``_target_`` that is not ``<allowed module>.<Class>`` naming a class defined there.
+
+    The module is imported only if it is in :data:`ALLOWED_TARGET_MODULES`; nothing else is imported or called.
+    """
+    if not isinstance(target, str) or "." not in target:
+        raise CheckpointTrustError(f"{source}: refused: {where}._target_ is {target!r}, not a class path")
+    module_name, _, attribute = target.rpartition(".")
+    if module_name not in ALLOWED_TARGET_MODULES or not attribute.isidentifier() or keyword.iskeyword(attribute):
+        raise CheckpointTrustError(
+            f"{source}: refused: {where}._target_ {target!r} is outside the allowed modules "
+            f"({', '.join(sorted(ALLOWED_TARGET_MODULES))})"
+        )
+    if attribute.startswith("_"):
+        raise CheckpointTrustError(f"{source}: refused: {where}._target_ {target!r} is private")
+    value = getattr(importlib.import_module(module_name), attribute, None)
+    if not isinstance(value, type):
+        raise CheckpointTrustError(f"{source}: refused: {where}._target_ {target!r} is not a class of {module_name}")
+
+
+def check_targets(hyper_parameters: Any, source: str | os.PathLike) -> None:
+    """Check every ``_target_`` of a checkpoint's hyper-parameters with :func:`check_target`."""
+    for where, target in _targets(hyper_parameters, "hyper_parameters"):
+        check_target(target, where, source)
+
+
+def load_ltc_checkpoint(
+    path: str | os.PathLike, *, expected_sha256: str | None = None
+) -> tuple[LTCRegressor, dict[str, Any]]:
+    """An :class:`~paraisite.training.module.LTCRegressor` from a checkpoint, loaded by the rules above.
+
+    Returns the model (CPU, eval mode) and the checkpoint dictionary (for its other entries, e.g. the
+    applicability reference).
+
+    Raises:
+        CheckpointTrustError: see :func:`load_checkpoint` and :func:`check_targets`; also a file that is not an
+            LTC checkpoint (no ``state_dict``/``hyper_parameters``, or weights that do not fit).
+    """
+    from paraisite.training.module import LTCRegressor
+
+    checkpoint = load_checkpoint(path, expected_sha256=expected_sha256)
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(hyper_parameters, dict) or not isinstance(state_dict, dict):
+        raise CheckpointTrustError(f"{path}: not a paraisite LTC checkpoint (no hyper_parameters/state_dict)")
+    check_targets(hyper_parameters, path)
+    try:
+        model = LTCRegressor(**hyper_parameters)
+        model.load_state_dict(state_dict, strict=True)
+    except Exception as error:
+        raise CheckpointTrustError(
+            f"{path}: not a paraisite LTC checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    return model.eval(), checkpoint

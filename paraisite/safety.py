@@ -1,0 +1,116 @@
+"""Checks on files and paths that come from outside paraisite (users, manifests, archives, site tables).
+
+One place for the rules every reader applies:
+
+- :func:`resolve_inside`: a relative name taken from outside data (a manifest member, a site table's
+  ``repo``/``tag``/``file``, a bundle name) resolves to a path inside a given root, or is refused: no absolute
+  paths, no ``..``, no empty parts, no link that leads out of the root.
+- :func:`check_regular_file`: an input is a regular file (not a FIFO, device, socket or directory) no larger than
+  a limit, checked without opening it first, so a FIFO never blocks the reader.
+- :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` contents, whose
+  decompressed size is what is limited: a decompression bomb is cut off at the limit).
+
+Everything here is cheap and has no heavy imports, so it can run on every load.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import stat
+from pathlib import Path, PurePosixPath
+
+#: Largest structure file read by ``predict``/``scan`` (also the largest decompressed ``.gz`` content).
+MAX_STRUCTURE_BYTES = 64 * 1024**2
+#: Largest checkpoint file loaded (the published bundles' members are a few MB).
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+#: Characters allowed in one part of a relative name from outside data (no separators, no control characters).
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+
+
+class UnsafePathError(ValueError):
+    """A path taken from outside data would leave its root (or is not a plain relative name)."""
+
+
+class UnsafeFileError(ValueError):
+    """An input file is not a regular file, or is larger than the limit for its kind."""
+
+
+def resolve_inside(root: str | os.PathLike, name: str, *, what: str) -> Path:
+    """``root / name`` for a relative, POSIX-style ``name`` from outside data, refused if it would leave ``root``.
+
+    Refused: empty names, absolute paths, backslashes, ``.``/``..`` or empty parts, parts with characters outside
+    ``[A-Za-z0-9._+-]`` (or starting with ``.``/``-``), and any existing link on the way that resolves outside
+    ``root``.
+
+    Args:
+        root: the directory the result must stay in.
+        name: the relative name (e.g. ``seed1.ckpt``, ``owner/repo``).
+        what: what ``name`` is, for the error (e.g. ``"manifest member of /x/manifest.json"``).
+
+    Raises:
+        UnsafePathError: naming ``what``, the value and the reason.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError(f"{what}: {name!r} is not a non-empty relative name")
+    if "\\" in name or name.startswith("/") or PurePosixPath(name).is_absolute():
+        raise UnsafePathError(f"{what}: {name!r} is an absolute path or uses backslashes; only relative names")
+    parts = name.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _SAFE_PART.match(part):
+            raise UnsafePathError(f"{what}: {name!r} has the part {part!r}; allowed: [A-Za-z0-9._+-], no '..'")
+    root_path = Path(root)
+    target = root_path.joinpath(*parts)
+    real_root = os.path.realpath(root_path)
+    real_target = os.path.realpath(target)
+    if os.path.commonpath([real_root, real_target]) != real_root:
+        raise UnsafePathError(f"{what}: {name!r} resolves to {real_target}, outside {real_root} (a link?)")
+    return target
+
+
+def check_regular_file(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> os.stat_result:
+    """Refuse anything but a regular file of at most ``max_bytes`` (links are followed; the target is checked).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeFileError: a FIFO, device, socket or directory, or a file larger than ``max_bytes``.
+    """
+    info = os.stat(path)  # never opens: a FIFO is refused here instead of blocking a reader
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileError(f"{path}: not a regular file ({_kind(info.st_mode)}); {what}s must be regular files")
+    if info.st_size > max_bytes:
+        raise UnsafeFileError(f"{path}: {info.st_size} bytes, more than the {max_bytes}-byte limit for a {what}")
+    return info
+
+
+def read_limited(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of a regular file (decompressed if it ends in ``.gz``), refused past ``max_bytes``.
+
+    Raises:
+        UnsafeFileError: not a regular file, larger than ``max_bytes``, or a ``.gz`` whose content is.
+    """
+    check_regular_file(path, max_bytes, what=what)
+    with open(path, "rb") as raw:
+        if not str(path).lower().endswith(".gz"):
+            data = raw.read(max_bytes + 1)
+        else:
+            try:
+                with gzip.GzipFile(fileobj=raw) as stream:
+                    data = stream.read(max_bytes + 1)
+            except (OSError, EOFError) as error:
+                raise UnsafeFileError(f"{path}: not a readable gzip file ({error})") from None
+    if len(data) > max_bytes:
+        raise UnsafeFileError(f"{path}: content larger than the {max_bytes}-byte limit for a {what} (decompressed)")
+    return data
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a plain file")

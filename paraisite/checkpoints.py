@@ -142,7 +142,11 @@ def check_target(target: Any, where: str, source: str | os.PathLike) -> None:
         )
     if attribute.startswith("_"):
         raise CheckpointTrustError(f"{source}: refused: {where}._target_ {target!r} is private")
-    value = getattr(importlib.import_module(module_name), attribute, None)
+    try:
+        value = getattr(importlib.import_module(module_name), attribute, None)
+    except ImportError as error:
+        message = f"{source}: refused: {where}._target_ {target!r}: cannot import {module_name} ({error})"
+        raise CheckpointTrustError(message) from None
     if not isinstance(value, type):
         raise CheckpointTrustError(f"{source}: refused: {where}._target_ {target!r} is not a class of {module_name}")
 

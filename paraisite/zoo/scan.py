@@ -12,13 +12,15 @@ problem) and empty values; the run goes on. ``in_domain`` is true when no elemen
 reference exists, ``latent_percentile <= max_percentile``.
 
 Reading and graphing (pymatgen's CIF parser dominates the cost) run in ``workers`` processes, up to
-:data:`LOOKAHEAD` batches ahead of the model.
+:data:`LOOKAHEAD` batches ahead of the model. The processes are spawned, not forked, and use one torch thread each
+(:data:`WORKER_START_METHOD`).
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
+import multiprocessing
 import os
 import warnings
 from collections import deque
@@ -56,6 +58,10 @@ DEFAULT_MAX_PERCENTILE = 95.0
 DEFAULT_BATCH_SIZE = 128
 #: Batches read ahead of the model by the worker processes.
 LOOKAHEAD = 2
+#: How reader processes start. Not ``fork``: a forked child of a parent that already ran torch's thread pool
+#: (loading the model does) can block forever in its first parallel torch op (seen with 216-atom cells in
+#: ``MEGNetGraphBuilder.build``). A spawned worker starts a fresh interpreter, with one torch thread.
+WORKER_START_METHOD = "spawn"
 
 
 @dataclass
@@ -156,17 +162,31 @@ def _naming(path: str, error: Exception, problem: str) -> str:
     return message if path in message else f"{path}: {problem} ({type(error).__name__}: {message})"
 
 
+def _init_worker() -> None:
+    """Run first in each reader process: one torch thread (set before torch is imported, and again after).
+
+    The workers read in parallel already; a thread pool per worker would oversubscribe the cores.
+    """
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def graph_batches(
     build: Callable[[Structure, str], Any], paths: Sequence[str], batch_size: int, workers: int
 ) -> Iterator[list[StructureGraph]]:
     """Batches of :func:`read_and_graph` results, in path order; ``workers > 1`` reads in processes."""
     chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    workers = min(workers, len(paths))  # each worker is a fresh interpreter: no more than there are files
     if workers <= 1:
         for chunk in chunks:
             yield [read_and_graph(build, path) for path in chunk]
         return
     task = partial(_portable_graph, build)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    context = multiprocessing.get_context(WORKER_START_METHOD)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         pending: deque[Iterator[StructureGraph]] = deque()
         for chunk in chunks:
             pending.append(pool.map(task, chunk, chunksize=max(1, len(chunk) // (4 * workers))))

@@ -1,0 +1,67 @@
+"""Reader processes of ``predict``/``scan``: spawned with one torch thread, so large cells cannot hang them.
+
+Forked readers of a parent that had run torch's thread pool (loading the model does) blocked forever in
+``MEGNetGraphBuilder.build`` on a 216-atom cell. Each command runs as a real process with a timeout, so a hang
+fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from paraisite.cli.main import main
+from paraisite.zoo.scan import ranked_path
+from tests.helpers import read_rows, tiny_ltc_run
+
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("workers-run")
+    tiny_ltc_run(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def large_and_small(tmp_path_factory) -> list[str]:
+    """A 3x3x3 NaCl supercell (216 atoms, pymatgen's ``make_supercell``) and a conventional MgO cell."""
+    folder = tmp_path_factory.mktemp("large-cell")
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    rock_salt.make_supercell([3, 3, 3])
+    assert len(rock_salt) == 216
+    rock_salt.to(filename=str(folder / "NaCl-3x3x3.cif"))
+    magnesia = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5] * 3])
+    magnesia.to(filename=str(folder / "MgO.vasp"))
+    return [str(folder / "NaCl-3x3x3.cif"), str(folder / "MgO.vasp")]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``paraisite ARGS`` in a new process; a hang past :data:`TIMEOUT_S` fails the test."""
+    command = [sys.executable, "-m", "paraisite.cli.main", *args]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`paraisite {' '.join(args)}` did not finish in {TIMEOUT_S} s (hung reader processes?)")
+
+
+@pytest.mark.parametrize("command", ["predict", "scan"])
+def test_large_cell_with_two_workers_finishes_and_equals_one_process(tmp_path, run_dir, large_and_small, command):
+    pooled = tmp_path / "pooled.csv"
+    result = run_cli(command, "--model", str(run_dir), *large_and_small, "-o", str(pooled), "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 predicted, 0 failed" in result.stderr
+
+    single = tmp_path / "single.csv"
+    assert main([command, "--model", str(run_dir), *large_and_small, "-o", str(single), "--workers", "0"]) == 0
+    rows = read_rows(pooled)
+    assert [row["path"] for row in rows] == large_and_small
+    assert [row["n_atoms"] for row in rows] == ["216", "8"]
+    assert rows == read_rows(single)
+    if command == "scan":
+        assert ranked_path(pooled).is_file()

@@ -1,15 +1,19 @@
 """``paraisite predict`` and ``paraisite scan``: structure files -> CSV of predictions with applicability columns.
 
-``predict`` writes (overwrites) one CSV. ``scan`` is for thousands of files: it appends each batch as it goes,
-resumes an interrupted run without repeating finished files, and ranks the result (lowest first) into
-``<out stem>.ranked.csv``. See :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
+``predict`` writes one CSV, atomically (a temporary file replaces ``-o`` at the end). ``scan`` is for thousands of
+files: it appends each batch as it goes, under an exclusive lock (``<out>.lock``: a second scan on the same output
+is refused), resumes an interrupted run without repeating finished files, and ranks the result (lowest first) into
+``<out stem>.ranked.csv``. Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1
+and ``--workers`` below 0. Both exit 1 when every file tried failed (the error rows are still written). See
+:mod:`paraisite.zoo.scan` for the inputs taken and the columns.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,6 +22,9 @@ from paraisite.zoo.scan import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
     PredictionSummary,
+    check_output,
+    check_run_options,
+    output_lock,
     run_predictions,
     scan,
     structure_paths,
@@ -34,15 +41,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     scan.set_defaults(func=run_scan)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (read in this process) or more, got {value}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
     parser.add_argument(
         "--model", required=True, help="zoo name (`paraisite zoo list`), .ckpt file, run directory or bundle directory"
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="structure files (any pymatgen format) or folders")
     parser.add_argument("-o", "--output", default=default_output, help=f"CSV to write (default {default_output})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="structures per model call")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes reading files (default: CPU count)"
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="structures per model call"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=os.cpu_count() or 1,
+        help="processes reading files (default: CPU count; 0: read in this process)",
     )
     parser.add_argument(
         "--max-percentile",
@@ -52,12 +78,22 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
     )
 
 
-def _predict(args: argparse.Namespace, runner: Callable[..., PredictionSummary]) -> PredictionSummary:
+def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
+    """Check the inputs and the output before the model is loaded, then predict (``scan``: under the lock)."""
+    check_run_options(args.batch_size, args.workers, args.max_percentile)
+    paths = structure_paths(args.paths)
+    if not paths:
+        raise ValueError(f"no structure files in {' '.join(args.paths)} (names taken from folders: see --help)")
+    check_output(args.output, [*paths, *args.paths], scan=scan_output)
+    with output_lock(args.output) if scan_output else nullcontext():
+        return _load_and_run(args, paths, scan_output)
+
+
+def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
     from paraisite.zoo.predictors import load_predictor  # torch, Lightning, matgl: only when predicting
 
     console = Console(stderr=True)
     predictor = load_predictor(args.model)
-    paths = structure_paths(args.paths)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -65,6 +101,7 @@ def _predict(args: argparse.Namespace, runner: Callable[..., PredictionSummary])
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    runner = partial(scan, locked=True) if scan_output else run_predictions
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"{predictor.name}", total=len(paths))
         summary = runner(
@@ -81,14 +118,21 @@ def _predict(args: argparse.Namespace, runner: Callable[..., PredictionSummary])
     return summary
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Predict the files into ``--output`` (overwritten)."""
-    _predict(args, run_predictions)
+def _exit_code(summary: PredictionSummary) -> int:
+    """1 when every file tried in this run failed (their error rows are written), else 0."""
+    if summary.failed and not summary.predicted:
+        Console(stderr=True).print(f"every file failed ({summary.failed}): see the error column of {summary.output}")
+        return 1
     return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predict the files into ``--output`` (replaced atomically at the end)."""
+    return _exit_code(_predict(args, scan_output=False))
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    """Predict (resuming) into ``--output``, then write the ranking."""
-    summary = _predict(args, scan)
+    """Predict (resuming, under an exclusive lock) into ``--output``, then write the ranking."""
+    summary = _predict(args, scan_output=True)
     Console(stderr=True).print(f"ranking (lowest first) -> {summary.ranked}")
-    return 0
+    return _exit_code(summary)

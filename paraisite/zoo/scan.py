@@ -19,13 +19,17 @@ Reading and graphing (pymatgen's CIF parser dominates the cost) run in ``workers
 from __future__ import annotations
 
 import csv
+import fcntl
 import fnmatch
+import io
 import multiprocessing
 import os
+import tempfile
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from paraisite.data.cache import atomic_write
 from paraisite.data.sources import StructureFileError, read_structure
 
 if TYPE_CHECKING:  # the predictors pull in torch, Lightning and matgl: not needed to list or rank files
@@ -252,26 +257,126 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
     return rows
 
 
-def finished_paths(output: Path, columns: list[str]) -> set[str]:
-    """Paths already in ``output`` (a row cut off by an interruption is removed first).
+class OutputError(ValueError):
+    """An output file or option is refused; the refused file was not touched."""
+
+
+def check_run_options(batch_size: int, workers: int, max_percentile: float = DEFAULT_MAX_PERCENTILE) -> None:
+    """Refuse ``batch_size <= 0``, ``workers < 0`` and a ``max_percentile`` outside [0, 100]."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise OutputError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise OutputError(f"--workers must be 0 (read in this process) or more, got {workers!r}")
+    if not 0.0 <= max_percentile <= 100.0:
+        raise OutputError(f"--max-percentile must be within [0, 100], got {max_percentile!r}")
+
+
+def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist: compare the names
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, scan: bool = False) -> None:
+    """Refuse an output that is one of the inputs (also its ranking, for ``scan``) or not a regular file.
+
+    Runs before anything is written, so a refused output is never touched.
 
     Raises:
-        ValueError: the file's columns are not ``columns`` (another model wrote it).
+        OutputError: naming the output and the reason.
     """
-    if not output.is_file() or output.stat().st_size == 0:
+    output = Path(output)
+    targets = [output, ranked_path(output)] if scan else [output]
+    if output.exists() and not output.is_file():
+        raise OutputError(f"-o {output}: exists and is not a regular file (a directory, FIFO or device)")
+    for path in inputs:
+        for target in targets:
+            if _same_file(target, path):
+                kind = "the ranking of -o" if target != output else "-o"
+                raise OutputError(f"{kind} {target} is also an input; choose another output file")
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``<output>.lock`` while ``scan`` appends to ``output``: one writer per file.
+
+    The lock is an ``flock`` (released by the kernel if the process dies, so ``kill -9`` leaves no stale lock); the
+    file keeps the holder's pid for the refusal message and is left in place.
+
+    Raises:
+        OutputError: another process holds the lock (its pid is named); nothing was touched.
+    """
+    output = Path(output)
+    lock = output.with_name(f"{output.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(
+                f"{output}: another paraisite scan (pid {holder}) is writing this file (lock {lock}); "
+                "wait for it to finish or choose another output"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def finished_paths(output: Path, columns: list[str]) -> set[str]:
+    """Paths already in ``output``; a row cut off by an interruption is removed, after the header was checked.
+
+    Raises:
+        OutputError: the file is not a CSV with ``columns`` (another model or program wrote it); it is not modified.
+    """
+    if not output.is_file():
         return set()
-    text = output.read_bytes()
-    if not text.endswith(b"\n"):
+    data = output.read_bytes()
+    header_line = ",".join(columns).encode()
+    end = data.find(b"\n")
+    if end < 0 and header_line.startswith(data):  # empty, or the header itself was cut off
+        output.write_bytes(b"")
+        return set()
+    try:
+        header = next(csv.reader([data[: end if end >= 0 else len(data)].decode("utf-8")]), None)
+    except UnicodeDecodeError:
+        header = None
+    if header != columns:
+        raise OutputError(
+            f"{output}: its columns {header} are not this model's {columns}; it was not modified. "
+            "Resume with the same model or choose another output file"
+        )
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
         with open(output, "r+b") as stream:
-            stream.truncate(text.rfind(b"\n") + 1)
-    with open(output, newline="") as stream:
-        reader = csv.DictReader(stream)
-        if reader.fieldnames != columns:
-            raise ValueError(
-                f"{output}: its columns {reader.fieldnames} are not this model's {columns}; "
-                "resume with the same model or choose another output file"
-            )
-        return {row["path"] for row in reader}
+            stream.truncate(len(data))
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+    return {row["path"] for row in reader}
+
+
+@contextmanager
+def _replacing(output: Path) -> Iterator[Any]:
+    """A text stream to a temporary file beside ``output`` that replaces it on success (removed on failure)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_file():
+        mode = output.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    handle, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            yield stream
+        os.chmod(tmp, mode)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def run_predictions(
@@ -285,19 +390,29 @@ def run_predictions(
     max_percentile: float = DEFAULT_MAX_PERCENTILE,
     progress: Callable[[int], None] | None = None,
 ) -> PredictionSummary:
-    """Predict ``paths`` into the CSV ``output``, flushing each batch.
+    """Predict ``paths`` into the CSV ``output``.
+
+    Without ``resume`` the rows go to a temporary file that replaces ``output`` at the end (readers never see a
+    partial file; an interrupted run leaves ``output`` as it was). With ``resume`` each batch is appended and
+    flushed; the caller holds :func:`output_lock` (as :func:`scan` does).
 
     Args:
         predictor: the model.
         paths: structure files (see :func:`structure_paths`).
-        output: the CSV; overwritten unless ``resume``.
-        batch_size: structures per model call.
+        output: the CSV; replaced unless ``resume``.
+        batch_size: structures per model call (>= 1).
         workers: reader processes (0 or 1: read in this process).
         resume: keep ``output``'s rows and skip their paths.
         max_percentile: ``in_domain`` threshold on ``latent_percentile``.
         progress: called with the number of files done after each batch (also once for the skipped ones).
+
+    Raises:
+        OutputError: bad options, an output that is an input or not a regular file, or (``resume``) an output
+            written by another model. Nothing was written.
     """
+    check_run_options(batch_size, workers, max_percentile)
     output = Path(output)
+    check_output(output, paths)
     columns = output_columns(predictor)
     done = finished_paths(output, columns) if resume else set()
     todo = [path for path in paths if path not in done]
@@ -306,7 +421,8 @@ def run_predictions(
         progress(summary.already_done)
     output.parent.mkdir(parents=True, exist_ok=True)
     append = resume and output.is_file() and output.stat().st_size > 0
-    with open(output, "a" if append else "w", newline="") as stream:
+    opened = open(output, "a" if append else "w", newline="") if resume else _replacing(output)  # noqa: SIM115
+    with opened as stream:
         writer = csv.DictWriter(stream, columns, lineterminator="\n")
         if not append:
             writer.writeheader()
@@ -337,12 +453,19 @@ def write_ranking(output: str | os.PathLike, column: str) -> Path:
     ranks = pd.Series(range(1, len(ranked) + 1), dtype="Int64").where(key.loc[order].notna().to_numpy())
     ranked.insert(0, "rank", ranks)
     target = ranked_path(output)
-    ranked.to_csv(target, index=False)
+    atomic_write(target, lambda tmp: ranked.to_csv(tmp, index=False))
     return target
 
 
-def scan(predictor: Predictor, paths: Sequence[str], output: str | os.PathLike, **options: Any) -> PredictionSummary:
-    """:func:`run_predictions` with ``resume=True``, then :func:`write_ranking` by the first value column."""
-    summary = run_predictions(predictor, paths, output, resume=True, **options)
-    summary.ranked = write_ranking(output, predictor.columns[0])
+def scan(
+    predictor: Predictor, paths: Sequence[str], output: str | os.PathLike, *, locked: bool = False, **options: Any
+) -> PredictionSummary:
+    """:func:`run_predictions` with ``resume=True``, then :func:`write_ranking` by the first value column.
+
+    Holds :func:`output_lock` on ``output`` throughout (``locked``: the caller already holds it).
+    """
+    check_output(output, paths, scan=True)
+    with nullcontext() if locked else output_lock(output):
+        summary = run_predictions(predictor, paths, output, resume=True, **options)
+        summary.ranked = write_ranking(output, predictor.columns[0])
     return summary

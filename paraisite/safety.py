@@ -37,17 +37,12 @@ class UnsafeFileError(ValueError):
     """An input file is not a regular file, or is larger than the limit for its kind."""
 
 
-def resolve_inside(root: str | os.PathLike, name: str, *, what: str) -> Path:
-    """``root / name`` for a relative, POSIX-style ``name`` from outside data, refused if it would leave ``root``.
+def check_relative_name(name: str, *, what: str, parts: int | None = None) -> list[str]:
+    """The parts of a relative, POSIX-style name from outside data; refused unless plain.
 
-    Refused: empty names, absolute paths, backslashes, ``.``/``..`` or empty parts, parts with characters outside
-    ``[A-Za-z0-9._+-]`` (or starting with ``.``/``-``), and any existing link on the way that resolves outside
-    ``root``.
-
-    Args:
-        root: the directory the result must stay in.
-        name: the relative name (e.g. ``seed1.ckpt``, ``owner/repo``).
-        what: what ``name`` is, for the error (e.g. ``"manifest member of /x/manifest.json"``).
+    Refused: non-strings, empty names, absolute paths, backslashes, ``.``/``..`` or empty parts, and parts with
+    characters outside ``[A-Za-z0-9._+-]`` (or starting with ``.``, ``+`` or ``-``). ``parts`` requires exactly that
+    many parts (1: a plain file or directory name, no ``/``).
 
     Raises:
         UnsafePathError: naming ``what``, the value and the reason.
@@ -56,12 +51,34 @@ def resolve_inside(root: str | os.PathLike, name: str, *, what: str) -> Path:
         raise UnsafePathError(f"{what}: {name!r} is not a non-empty relative name")
     if "\\" in name or name.startswith("/") or PurePosixPath(name).is_absolute():
         raise UnsafePathError(f"{what}: {name!r} is an absolute path or uses backslashes; only relative names")
-    parts = name.split("/")
-    for part in parts:
+    split = name.split("/")
+    for part in split:
         if part in ("", ".", "..") or not _SAFE_PART.match(part):
             raise UnsafePathError(f"{what}: {name!r} has the part {part!r}; allowed: [A-Za-z0-9._+-], no '..'")
+    if parts is not None and len(split) != parts:
+        raise UnsafePathError(f"{what}: {name!r} must be {parts} plain name(s) separated by '/', not {len(split)}")
+    return split
+
+
+def resolve_inside(root: str | os.PathLike, name: str, *, what: str, parts: int | None = None) -> Path:
+    """``root / name`` for a relative name from outside data, refused if it would leave ``root``.
+
+    ``name`` must pass :func:`check_relative_name`; then any existing link on the way must resolve inside ``root``.
+    This is the one check for every path derived from outside data (manifest members, site-table
+    ``repo``/``tag``/``file``, bundle names).
+
+    Args:
+        root: the directory the result must stay in.
+        name: the relative name (e.g. ``seed1.ckpt``, ``owner/repo/releases/download/tag/file``).
+        what: what ``name`` is, for the error (e.g. ``"manifest member of /x/manifest.json"``).
+        parts: see :func:`check_relative_name`.
+
+    Raises:
+        UnsafePathError: naming ``what``, the value and the reason.
+    """
+    split = check_relative_name(name, what=what, parts=parts)
     root_path = Path(root)
-    target = root_path.joinpath(*parts)
+    target = root_path.joinpath(*split)
     real_root = os.path.realpath(root_path)
     real_target = os.path.realpath(target)
     if os.path.commonpath([real_root, real_target]) != real_root:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -139,7 +138,7 @@ def test_tampered_member_is_refused(sweep, tmp_path, capsys):
     actual = registry.sha256sum(member)
     with pytest.raises(BundleIntegrityError, match=f"{expected}.*{actual}"):
         load_predictor(str(bundle_dir))
-    assert main(["predict", "--model", str(bundle_dir), "x.cif", "-o", os.devnull]) == 1
+    assert main(["predict", "--model", str(bundle_dir), "x.cif", "-o", str(tmp_path / "out.csv")]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err
 
 

@@ -4,14 +4,15 @@ Where the weights live: each bundle is packed by ``paraisite zoo publish`` into 
 attached to a release of the project repository, and pinned by one row of ``published.tsv`` (repository, tag,
 file, sha256, size, and the members' measured validation MAPE). Fetching goes through the registry like every
 upstream file: cache first, else the mirror (``<mirror>/<repo>/releases/download/<tag>/<file>``) or the network,
-and the archive's sha256 is checked before it is opened. It is unpacked once into
-``<cache>/zoo/published/<name>-<sha256[:12]>/``, where :func:`paraisite.zoo.bundle.read_bundle` checks each member's
-sha256 against the manifest again on every load.
+and the archive's sha256 is checked before it is opened. It is unpacked into
+``<cache>/zoo/published/<name>-<sha256[:12]>/``. Every load checks everything again (:func:`fetch_bundle`): the
+archive's sha256, its limits and exact content, the pinned name, and the unpacked files against the archive.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from paraisite.data import registry
-from paraisite.zoo.bundle import Bundle, archive_bundle, extract_bundle, is_bundle, read_bundle
+from paraisite.safety import check_relative_name, resolve_inside
+from paraisite.zoo.bundle import Bundle, archive_bundle, extract_bundle, read_bundle
 
 SITE_TABLE_ENV = "PARAISITE_ZOO_TABLE"
 TABLE_COLUMNS = (
@@ -35,6 +37,7 @@ TABLE_COLUMNS = (
     "profile",
     "protocol",
 )
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,33 @@ class PublishedBundle:
         return dict(zip(TABLE_COLUMNS, map(str, values), strict=True))
 
 
+def _checked_asset(row: dict[str, str]) -> registry.ReleaseAsset:
+    """The release asset of a table row; its names must be plain (they become cache and mirror paths)."""
+    name = row["name"]
+    check_relative_name(name, what="published table: name", parts=1)
+    check_relative_name(row["repo"], what=f"published table, {name}: repo", parts=2)
+    check_relative_name(row["tag"], what=f"published table, {name}: tag", parts=1)
+    check_relative_name(row["file"], what=f"published table, {name}: file", parts=1)
+    if not row["file"].endswith(".tar.gz"):
+        raise ValueError(f"published table, {name}: file {row['file']!r} is not a .tar.gz bundle archive")
+    if not _SHA256.match(row["sha256"] or ""):
+        raise ValueError(f"published table, {name}: sha256 {row['sha256']!r} is not 64 lowercase hex digits")
+    return registry.ReleaseAsset(row["repo"], row["tag"], row["file"], row["sha256"], int(row["size"]))
+
+
 def read_table(text: str) -> dict[str, PublishedBundle]:
-    """Parse a ``published.tsv`` text (comment lines start with ``#``)."""
+    """Parse a ``published.tsv`` text (comment lines start with ``#``).
+
+    Raises:
+        ValueError: wrong columns, or a row whose name, repo (``owner/name``), tag or file is not plain (no ``..``,
+            ``/`` where not expected, absolute paths), or whose sha256 is not a digest.
+    """
     rows = registry.read_tsv(text)
     if tuple(rows.fieldnames or ()) != TABLE_COLUMNS:
         raise ValueError(f"published table: columns {rows.fieldnames}, expected {list(TABLE_COLUMNS)}")
     published = {}
     for row in rows:
-        asset = registry.ReleaseAsset(row["repo"], row["tag"], row["file"], row["sha256"], int(row["size"]))
+        asset = _checked_asset(row)
         published[row["name"]] = PublishedBundle(
             row["name"],
             asset,
@@ -104,26 +126,32 @@ def fetch_bundle(
     cache: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,
 ) -> Bundle:
-    """The verified, unpacked bundle of a published row (fetched and unpacked on first use).
+    """The verified, unpacked bundle of a published row; every check runs on every call.
+
+    The archive's cache and mirror paths must stay inside their roots; its sha256 is checked (the cached copy too);
+    :func:`paraisite.zoo.bundle.extract_bundle` then checks its limits, that it holds exactly the manifest's files
+    and the pinned name, and reuses the unpacked copy only if it still matches the archive.
 
     Raises:
         paraisite.data.registry.ChecksumError: the archive's sha256 is not the pinned one (nothing is unpacked).
         paraisite.data.registry.MissingFileError: neither the URL nor the mirror has the archive.
+        paraisite.safety.UnsafePathError: the row's repo/tag/file lead outside the cache or mirror.
+        paraisite.zoo.bundle.BundleError: an archive that is not exactly the pinned bundle (e.g. another name).
         paraisite.zoo.bundle.BundleIntegrityError: an unpacked member does not match the manifest.
     """
-    target = unpacked_dir(published, cache)
-    if is_bundle(target):
-        return read_bundle(target)
-    archive = registry.fetch_entry(published.asset, cache=cache, mirror=mirror)
-    bundle = extract_bundle(archive, target)
-    if bundle.name != published.name:
-        raise registry.RegistryError(f"{archive}: holds bundle {bundle.name!r}, the table pins {published.name!r}")
-    return bundle
+    asset = published.asset
+    resolve_inside(registry.cache_dir(cache), asset.key, what=f"published bundle {published.name}: cache path")
+    mirror_root = registry.mirror_dir(mirror)
+    if mirror_root is not None:
+        resolve_inside(mirror_root, asset.key, what=f"published bundle {published.name}: mirror path")
+    archive = registry.fetch_entry(asset, cache=cache, mirror=mirror)
+    return extract_bundle(archive, unpacked_dir(published, cache), expected_name=published.name)
 
 
 def unpacked_dir(published: PublishedBundle, cache: str | os.PathLike | None = None) -> Path:
     """Where a published bundle is unpacked: ``<cache>/zoo/published/<name>-<sha256[:12]>``."""
-    return registry.cache_dir(cache) / "zoo" / "published" / f"{published.name}-{published.asset.sha256[:12]}"
+    folder = f"{published.name}-{published.asset.sha256[:12]}"
+    return resolve_inside(registry.cache_dir(cache) / "zoo" / "published", folder, what="unpacked bundle", parts=1)
 
 
 def publish_bundle(

@@ -19,6 +19,7 @@ import gzip
 import os
 import re
 import stat
+import zlib
 from pathlib import Path, PurePosixPath
 
 #: Largest structure file read by ``predict``/``scan`` (also the largest decompressed ``.gz`` content).
@@ -104,18 +105,25 @@ def check_regular_file(path: str | os.PathLike, max_bytes: int, *, what: str = "
 def read_limited(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
     """The bytes of a regular file (decompressed if it ends in ``.gz``), refused past ``max_bytes``.
 
+    The file is opened without blocking and checked again on the open descriptor, so a path swapped for a FIFO
+    after :func:`check_regular_file` cannot block the reader either.
+
     Raises:
+        FileNotFoundError: ``path`` does not exist.
         UnsafeFileError: not a regular file, larger than ``max_bytes``, or a ``.gz`` whose content is.
     """
     check_regular_file(path, max_bytes, what=what)
-    with open(path, "rb") as raw:
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(descriptor, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UnsafeFileError(f"{path}: not a regular file; {what}s must be regular files")
         if not str(path).lower().endswith(".gz"):
             data = raw.read(max_bytes + 1)
         else:
             try:
                 with gzip.GzipFile(fileobj=raw) as stream:
                     data = stream.read(max_bytes + 1)
-            except (OSError, EOFError) as error:
+            except (OSError, EOFError, zlib.error) as error:
                 raise UnsafeFileError(f"{path}: not a readable gzip file ({error})") from None
     if len(data) > max_bytes:
         raise UnsafeFileError(f"{path}: content larger than the {max_bytes}-byte limit for a {what} (decompressed)")

@@ -18,7 +18,7 @@ from monty.io import zopen
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import MagSymmOp
 from pymatgen.electronic_structure.core import Magmom
-from pymatgen.io.cif import CifParser
+from pymatgen.io.cif import CifParser, str2float
 
 #: Largest number of (site, operation) images de-duplicated with one pairwise table (its size grows as the square).
 MAX_PAIRWISE_IMAGES = 3000
@@ -101,3 +101,39 @@ def read_cif(path: str | Path) -> Structure:
     with zopen(path, mode="rt", errors="replace", encoding="utf-8") as stream:
         text = stream.read()
     return FastCifParser.from_str(text).parse_structures(primitive=False)[0]
+
+
+class CifOccupancyError(ValueError):
+    """A CIF site's occupancy is negative, above 1 or not a number; the message names the file and the site."""
+
+
+def check_cif_occupancies(parser: CifParser, source: str | Path) -> None:
+    """Refuse a CIF whose ``_atom_site_occupancy`` values are negative, above 1 or not numbers.
+
+    pymatgen drops a site with a negative occupancy (another crystal, with only a warning) and rescales occupancies
+    slightly above 1; here both are errors naming the site. ``?`` and ``.`` (unknown) are read as pymatgen does.
+
+    Raises:
+        CifOccupancyError: naming ``source``, the site label and the value.
+    """
+    for block in parser._cif.data.values():  # the parsed CIF blocks (pymatgen keeps them on the parser)
+        occupancies = block.data.get("_atom_site_occupancy")
+        if occupancies is None:
+            continue
+        labels = block.data.get("_atom_site_label") or [str(index) for index in range(len(occupancies))]
+        for label, text in zip(labels, occupancies, strict=False):
+            if text in ("?", "."):
+                continue
+            try:
+                value = str2float(text)
+            except ValueError:
+                raise CifOccupancyError(f"{source}: site {label}: occupancy {text!r} is not a number") from None
+            if not np.isfinite(value) or value < 0 or value > 1:
+                raise CifOccupancyError(f"{source}: site {label}: occupancy {text} is outside [0, 1]")
+
+
+def parse_user_cif(text: str, source: str | Path) -> Structure:
+    """The first structure of a CIF text from a user: :func:`check_cif_occupancies`, then :class:`FastCifParser`."""
+    parser = FastCifParser.from_str(text)
+    check_cif_occupancies(parser, source)
+    return parser.parse_structures(primitive=False)[0]

@@ -7,7 +7,9 @@ sorted.
 
 Rows: ``path, formula, n_atoms``, the model's value columns, the applicability columns
 (``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``) and ``error``.
-A file that cannot be read, graphed or predicted gets a row with its ``error`` (naming the file and the
+Files are read by :func:`paraisite.data.inputs.read_input_structure`: regular files within a size limit, and
+only real, ordered crystals (no bad occupancies, NaN coordinates, zero-volume cells, overlapping atoms or unknown
+elements). A file that cannot be read, graphed or predicted gets a row with its ``error`` (naming the file and the
 problem) and empty values; the run goes on. ``in_domain`` is true when no element is unseen and, where a latent
 reference exists, ``latent_percentile <= max_percentile``.
 
@@ -39,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from paraisite.data.cache import atomic_write
-from paraisite.data.sources import StructureFileError, read_structure
+from paraisite.data.inputs import read_input_structure
+from paraisite.data.sources import StructureFileError
 
 if TYPE_CHECKING:  # the predictors pull in torch, Lightning and matgl: not needed to list or rank files
     from pymatgen.core import Structure
@@ -116,9 +119,11 @@ def structure_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
 def read_and_graph(build: Callable[[Structure, str], Any], path: str) -> StructureGraph:
     """Read one file and build its graph; failures are returned as the item's ``error``, never raised."""
     try:
-        structure = read_structure(path)
+        structure = read_input_structure(path)
     except StructureFileError as error:
         return StructureGraph(path, error=str(error))
+    except Exception as error:  # an unforeseen reader failure is still one error row, never the end of the batch
+        return StructureGraph(path, error=_naming(path, error, "cannot read a crystal structure"))
     item = StructureGraph(
         path,
         formula=structure.composition.reduced_formula,

@@ -1,0 +1,156 @@
+"""Structure files from users (``paraisite predict`` / ``scan``): checked as files, read, then validated.
+
+A file gets a crystal or a :class:`~paraisite.data.sources.StructureFileError` naming the file and the reason,
+never a silently different crystal:
+
+- **File.** Only regular files (FIFOs, devices, sockets, directories are refused before they are opened) of at most
+  :data:`paraisite.safety.MAX_STRUCTURE_BYTES`; a ``.gz`` is decompressed up to the same limit (a decompression bomb
+  is cut off), other compressions are refused.
+- **Reading.** CIFs go through :func:`paraisite.data.cif.parse_user_cif` (occupancies outside [0, 1] are refused);
+  pymatgen's warnings about occupancies and dropped elements become errors.
+- **Crystal** (:func:`validate_structure`): known elements only, each site fully occupied by one species (no
+  vacancies, no mixing), finite coordinates and lattice, a cell volume of at least :data:`MIN_VOLUME_PER_ATOM` per
+  atom, no two atoms (periodic images included) closer than :data:`MIN_DISTANCE`, at most :data:`MAX_ATOMS` atoms.
+
+Training data are read by :mod:`paraisite.data.sources` (verified upstream files) and are not changed by this module.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Structure
+from pymatgen.core.periodic_table import DummySpecies
+
+from paraisite.data.cif import CifOccupancyError, is_cif, parse_user_cif
+from paraisite.data.sources import StructureFileError
+from paraisite.safety import MAX_STRUCTURE_BYTES, UnsafeFileError, read_limited
+
+#: Closest two atoms may be (Å); the shortest real bond (H2) is 0.74 Å.
+MIN_DISTANCE = 0.5
+#: Smallest cell volume per atom (Å^3); the densest solids have about 5.
+MIN_VOLUME_PER_ATOM = 1.0
+#: Most atoms in one structure.
+MAX_ATOMS = 10_000
+#: Compressions pymatgen would open without a size limit: refused.
+UNBOUNDED_COMPRESSIONS = (".bz2", ".xz", ".lzma", ".z", ".zst")
+#: Fragments of pymatgen warnings that mean the structure read is not the one in the file.
+ALTERED_STRUCTURE_WARNINGS = ("occupanc", "missing elements")
+
+
+class _ReaderError(ValueError):
+    """pymatgen's error on the temporary copy, reworded to name the user's file."""
+
+
+def read_input_structure(path: str | Path) -> Structure:
+    """Read and validate one structure file from a user (see the module docstring).
+
+    Raises:
+        StructureFileError: naming ``path`` and the reason.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(UNBOUNDED_COMPRESSIONS):
+        raise StructureFileError(f"{path}: compressed with {Path(name).suffix}; only .gz is read (with a size limit)")
+    try:
+        data = read_limited(path, MAX_STRUCTURE_BYTES, what="structure file")
+    except FileNotFoundError:
+        raise StructureFileError(f"{path}: no such file") from None
+    except (UnsafeFileError, OSError) as error:
+        raise StructureFileError(str(error) if isinstance(error, UnsafeFileError) else f"{path}: {error}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structure = _parse(path, data)
+        except CifOccupancyError as error:
+            raise StructureFileError(str(error)) from None
+        except Exception as error:
+            altered = _altered(caught)
+            reason = altered or (str(error) if isinstance(error, _ReaderError) else f"{type(error).__name__}: {error}")
+            issues = _cif_issues(caught)
+            if issues and not altered:
+                reason = f"{reason} {issues}"
+            raise StructureFileError(f"{path}: cannot read a crystal structure ({reason})") from None
+    altered = _altered(caught)
+    if altered:
+        raise StructureFileError(f"{path}: refused, pymatgen would read another crystal: {altered}")
+    validate_structure(structure, path)
+    return structure
+
+
+def _parse(path: Path, data: bytes) -> Structure:
+    if is_cif(path):
+        return parse_user_cif(data.decode("utf-8", errors="replace"), path)
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    with tempfile.TemporaryDirectory(prefix="paraisite-input-") as folder:
+        copy = Path(folder) / name  # the (decompressed) bytes under the same name: pymatgen picks the format by name
+        copy.write_bytes(data)
+        try:
+            return Structure.from_file(copy)
+        except Exception as error:  # name the user's file, not the copy
+            raise _ReaderError(f"{type(error).__name__}: {str(error).replace(str(copy), str(path))}") from None
+
+
+def _altered(caught: list[warnings.WarningMessage]) -> str | None:
+    """The first warning saying the structure read differs from the file's (occupancies, elements)."""
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        if any(fragment in text.lower() for fragment in ALTERED_STRUCTURE_WARNINGS):
+            return text
+    return None
+
+
+def _cif_issues(caught: list[warnings.WarningMessage]) -> str | None:
+    """The summary pymatgen gives of why a CIF gave no structure (e.g. a cell thinner than its threshold)."""
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        if text.startswith("Issues encountered while parsing CIF"):
+            return text
+    return None
+
+
+def validate_structure(structure: Structure, source: str | Path) -> None:
+    """Refuse a structure that is no real, ordered crystal (see the module docstring); errors name ``source``.
+
+    Raises:
+        StructureFileError: the first problem found, with the site(s) and values.
+    """
+    count = len(structure)
+    if count == 0:
+        raise StructureFileError(f"{source}: the file holds no atoms")
+    if count > MAX_ATOMS:
+        raise StructureFileError(f"{source}: {count} atoms, more than the {MAX_ATOMS}-atom limit")
+    for index, site in enumerate(structure):
+        for species, amount in site.species.items():
+            if isinstance(species, DummySpecies):
+                raise StructureFileError(f"{source}: site {index}: unknown element {species.symbol!r}")
+            if not np.isfinite(amount) or amount <= 0:
+                raise StructureFileError(f"{source}: site {index}: occupancy {amount} of {species} is not positive")
+        total = site.species.num_atoms
+        if abs(total - 1) > 1e-6 or len(site.species) != 1:
+            raise StructureFileError(
+                f"{source}: site {index}: occupancy {site.species} is not one fully occupied species "
+                "(vacancies, mixed or over-full sites are not a crystal the models can read)"
+            )
+    if not np.isfinite(structure.lattice.matrix).all():
+        raise StructureFileError(f"{source}: the lattice has non-finite values")
+    bad = np.flatnonzero(~np.isfinite(structure.frac_coords).all(axis=1))
+    if len(bad):
+        raise StructureFileError(f"{source}: site(s) {bad.tolist()} have NaN or infinite coordinates")
+    volume = structure.lattice.volume
+    if not np.isfinite(volume) or volume < MIN_VOLUME_PER_ATOM * count:
+        raise StructureFileError(
+            f"{source}: cell volume {volume:.4g} A^3 for {count} atoms is (near) zero "
+            f"(less than {MIN_VOLUME_PER_ATOM} A^3 per atom)"
+        )
+    centres, neighbours, _, distances = structure.get_neighbor_list(MIN_DISTANCE)
+    if len(distances):
+        closest = int(np.argmin(distances))
+        first, second = int(centres[closest]), int(neighbours[closest])
+        raise StructureFileError(
+            f"{source}: overlapping atoms: sites {first} ({structure[first].species_string}) and {second} "
+            f"({structure[second].species_string}) are {distances[closest]:.3f} A apart (less than {MIN_DISTANCE} A)"
+        )

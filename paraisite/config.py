@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,7 +14,15 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
 
 
+def run_label(seed: int, seeds: Any = None) -> str:
+    """Directory name of a run: ``seed<k>``, or ``seeds<a>-<b>-...`` for an ensemble job (members: ``seed<k>``)."""
+    if seeds:
+        return "seeds" + "-".join(str(int(s)) for s in seeds)
+    return f"seed{int(seed)}"
+
+
 OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+OmegaConf.register_new_resolver("run_label", run_label, replace=True)
 
 
 def config_dir() -> Path:

@@ -141,12 +141,12 @@ def test_paper_label_scaling_distorts_only_across_datasets():
     tc = torch.tensor([2.0, 10.0, 40.0], dtype=torch.float64)
     same = torch.tensor([[0.9, 0.25]] * 3)
     model_scaler = TargetScaler(0.9, 0.25).double()
-    assert torch.allclose(reference_tc(tc, same, model_scaler, "paper"), tc, rtol=1e-6)
+    assert torch.allclose(reference_tc(tc, same, model_scaler.mean, model_scaler.std, "paper"), tc, rtol=1e-6)
     other = torch.tensor([[1.44, 0.754]] * 3)
-    distorted = reference_tc(tc, other, model_scaler, "paper")
+    distorted = reference_tc(tc, other, model_scaler.mean, model_scaler.std, "paper")
     expected = 10 ** (0.9 + 0.25 * (torch.log10(tc + 1) - 1.44) / 0.754) - 1
     assert torch.allclose(distorted, expected)
-    assert torch.equal(reference_tc(tc, other, model_scaler, "consistent"), tc)
+    assert torch.equal(reference_tc(tc, other, model_scaler.mean, model_scaler.std, "consistent"), tc)
 
 
 def test_failed_run_is_recorded_and_names_the_missing_prerequisite(tmp_path):

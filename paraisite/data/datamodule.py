@@ -14,6 +14,7 @@ from matgl.graph.data import collate_fn_graph
 from torch.utils.data import DataLoader, Dataset
 
 from paraisite.data.graphs import GraphBuilder, GraphSet, MEGNetGraphBuilder, collate_item, load_graph_set
+from paraisite.data.sampling import EpochShuffleSampler
 from paraisite.data.target import target_statistics
 
 log = logging.getLogger(__name__)
@@ -167,19 +168,17 @@ class LTCDataModule(pl.LightningDataModule):
     def _loader(self, dataset: GraphDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             collate_fn=collate_fn_graph,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training batches."""
+        """Training batches, shuffled per epoch from ``(seed, epoch)`` (see :class:`EpochShuffleSampler`)."""
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

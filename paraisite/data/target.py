@@ -17,6 +17,16 @@ def target_statistics(tc: torch.Tensor) -> dict[str, float]:
     return {"mean": float(y.mean()), "std": float(y.std(unbiased=False))}
 
 
+def encode_tc(tc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """TC in W/mK -> standardised log target (``mean``/``std`` broadcast, e.g. one per ensemble member)."""
+    return (log_target(tc) - mean) / std
+
+
+def decode_tc(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Standardised log target -> TC in W/mK (``mean``/``std`` broadcast)."""
+    return torch.pow(10.0, z * std + mean) - 1.0
+
+
 class TargetScaler(nn.Module):
     """TC (W/mK) <-> standardised log10(TC+1). Buffers are saved in checkpoints."""
 
@@ -29,11 +39,11 @@ class TargetScaler(nn.Module):
 
     def encode(self, tc: torch.Tensor) -> torch.Tensor:
         """TC in W/mK -> standardised log target."""
-        return (log_target(tc) - self.mean) / self.std
+        return encode_tc(tc, self.mean, self.std)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Standardised log target -> TC in W/mK."""
-        return torch.pow(10.0, z * self.std + self.mean) - 1.0
+        return decode_tc(z, self.mean, self.std)
 
     def extra_repr(self) -> str:
         """Statistics shown in the module's repr."""

@@ -21,7 +21,9 @@ def predict_loader(model: LTCRegressor, loader: Any, label_scaling: str = "consi
         pred = model.predict_tc(graph.to(device), lattice.to(device), state_attr.to(device))
         out["pred_tc"].append(pred.cpu())
         out["true_tc"].append(tc)
-        out["reference_tc"].append(reference_tc(tc, graph.label_stats.cpu(), model.scaler.cpu(), label_scaling))
+        out["reference_tc"].append(
+            reference_tc(tc, graph.label_stats.cpu(), model.scaler.mean.cpu(), model.scaler.std.cpu(), label_scaling)
+        )
     return {k: torch.cat(v).double() for k, v in out.items()}
 
 

@@ -188,6 +188,13 @@ class MEGNetBackbone(nn.Module):
         return self.megnet(g, state_attr=state_attr).reshape(-1, self.out_dim)
 
     @staticmethod
+    def stack(members: Sequence[MEGNetBackbone]) -> nn.Module:
+        """The members as one module computing all of them at once (ensemble training)."""
+        from paraisite.models.megnet_stacked import StackedMEGNet
+
+        return StackedMEGNet(members)
+
+    @staticmethod
     def published_names() -> tuple[str, ...]:
         """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
         return tuple(PUBLISHED_MEGNET)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from paraisite.data.target import TargetScaler
+from paraisite.data.target import TargetScaler, decode_tc, encode_tc
 from paraisite.training.metrics import ltc_metrics
 
 log = logging.getLogger(__name__)
@@ -22,13 +22,14 @@ LABEL_SCALINGS = ("consistent", "paper")
 
 
 def reference_tc(
-    tc: torch.Tensor, label_stats: torch.Tensor, model_scaler: TargetScaler, label_scaling: str
+    tc: torch.Tensor, label_stats: torch.Tensor, model_mean: torch.Tensor, model_std: torch.Tensor, label_scaling: str
 ) -> torch.Tensor:
     """The TC a prediction is scored against.
 
     ``consistent``: the true TC. ``paper``: the original code's flaw, reproduced on request: each label is
     standardised with its own source's whole-dataset statistics (``label_stats`` [B, 2]) but
-    de-standardised with the model's, i.e. ``10**(mu_model + s_model * (log10(TC+1) - mu_src) / s_src) - 1``.
+    de-standardised with the model's (``model_mean``, ``model_std``), i.e.
+    ``10**(mu_model + s_model * (log10(TC+1) - mu_src) / s_src) - 1``.
     It distorts cross-dataset tests, MIX training (per-source labels, MIX scaler) and Step III (AFLOW scaler).
     """
     if label_scaling == "consistent":
@@ -36,7 +37,38 @@ def reference_tc(
     if label_scaling != "paper":
         raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
     mean, std = label_stats[:, 0].to(tc), label_stats[:, 1].to(tc)
-    return model_scaler.decode((torch.log10(tc + 1.0) - mean) / std)
+    return decode_tc((torch.log10(tc + 1.0) - mean) / std, model_mean, model_std)
+
+
+def ltc_loss(kind: str, z_pred: torch.Tensor, tc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Training loss over the last dimension: ``mape`` on TC, ``l1``/``mse`` on the standardised log target.
+
+    ``z_pred``/``tc`` are ``[B]`` (one model) or ``[M, B]`` (ensemble members, one loss each: ``[M]``).
+    """
+    if kind == "mape":
+        return torch.mean(torch.abs(decode_tc(z_pred, mean, std) - tc) / tc, dim=-1)
+    z_true = encode_tc(tc, mean, std)
+    if kind == "l1":
+        return torch.mean(torch.abs(z_pred - z_true), dim=-1)
+    return torch.mean((z_pred - z_true) ** 2, dim=-1)
+
+
+def build_optimizers(hparams: Any, head_params: list, backbone_params: list) -> Any:
+    """Optimizer (optional backbone learning rate) and a scheduler stepped per epoch, from the hyper-parameters."""
+    default_optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
+    optimizer_factory: Callable = instantiate(hparams.optimizer or default_optimizer)
+    groups: list[dict[str, Any]] = [{"params": [p for p in head_params if p.requires_grad]}]
+    backbone_params = [p for p in backbone_params if p.requires_grad]
+    if backbone_params:
+        backbone_group: dict[str, Any] = {"params": backbone_params}
+        if hparams.backbone_lr is not None:
+            backbone_group["lr"] = hparams.backbone_lr
+        groups.append(backbone_group)
+    optimizer = optimizer_factory(groups)
+    if not hparams.scheduler:
+        return optimizer
+    scheduler = instantiate(hparams.scheduler)(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
 
 
 def _plain(config: Any) -> Any:
@@ -120,16 +152,11 @@ class LTCRegressor(pl.LightningModule):
         return self.scaler.decode(self(graph, lattice, state_attr))
 
     def _loss(self, z_pred: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
-        if self.hparams.loss == "mape":
-            return torch.mean(torch.abs(self.scaler.decode(z_pred) - tc) / tc)
-        z_true = self.scaler.encode(tc)
-        if self.hparams.loss == "l1":
-            return torch.nn.functional.l1_loss(z_pred, z_true)
-        return torch.nn.functional.mse_loss(z_pred, z_true)
+        return ltc_loss(self.hparams.loss, z_pred, tc, self.scaler.mean, self.scaler.std)
 
     def _step(self, batch: tuple, split: str) -> torch.Tensor:
         graph, lattice, state_attr, tc = batch
-        tc = reference_tc(tc, graph.label_stats, self.scaler, self.hparams.label_scaling)
+        tc = reference_tc(tc, graph.label_stats, self.scaler.mean, self.scaler.std, self.hparams.label_scaling)
         z_pred = self(graph, lattice, state_attr)
         loss = self._loss(z_pred, tc)
         # Rank-local loss: a synced value would be reduced when rank 0's progress bar reads it, a collective
@@ -172,21 +199,7 @@ class LTCRegressor(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """Optimizer (optional backbone learning rate) and a scheduler stepped per epoch."""
-        default_optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
-        optimizer_factory: Callable = instantiate(self.hparams.optimizer or default_optimizer)
-        head_params = [p for p in self.head.parameters() if p.requires_grad]
-        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
-        groups: list[dict[str, Any]] = [{"params": head_params}]
-        if backbone_params:
-            backbone_group: dict[str, Any] = {"params": backbone_params}
-            if self.hparams.backbone_lr is not None:
-                backbone_group["lr"] = self.hparams.backbone_lr
-            groups.append(backbone_group)
-        optimizer = optimizer_factory(groups)
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
+        return build_optimizers(self.hparams, list(self.head.parameters()), list(self.backbone.parameters()))
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Step the schedule ``scheduler_steps_per_epoch`` times per epoch (1 unless reproducing the paper)."""

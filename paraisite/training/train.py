@@ -156,19 +156,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("seeds"):
+        return _train_ensemble(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     code = provenance()  # the code the run starts with (the checkout may change while it trains)
     check_pretrained_name(cfg)
-
-    datamodule = build_datamodule(cfg)
-    datamodule.setup()
-    model = build_model(cfg, datamodule.target_stats)
-    initialised = init_weights(model, cfg)
+    datamodule, model, initialised = prepare_run(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to log
@@ -176,7 +173,29 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule)
 
-    result: dict[str, Any] = {
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    record = run_record(cfg, datamodule, initialised, trainer.current_epoch, _metrics(trainer.callback_metrics, "val/"))
+    if not trainer.is_global_zero:
+        return {**record, **code}
+    return finish_run(cfg, datamodule, best_path or None, model, {**record, **code}, start)
+
+
+def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str, Any]]:
+    """Seed, data (set up), model and initial weights of one run, in the order every run uses."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    model = build_model(cfg, datamodule.target_stats)
+    initialised = init_weights(model, cfg)
+    return datamodule, model, initialised
+
+
+def run_record(
+    cfg: DictConfig, datamodule: LTCDataModule, initialised: dict[str, Any], epochs: int, final: dict[str, float]
+) -> dict[str, Any]:
+    """The part of ``metrics.json`` known when training ends."""
+    return {
         "status": "completed",
         "task_name": cfg.task_name,
         "seed": cfg.seed,
@@ -186,27 +205,113 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "profile": cfg.profile.name,
         "group": cfg.group,
         "init": initialised,
-        "epochs": trainer.current_epoch,
-        "final": _metrics(trainer.callback_metrics, "val/"),
-        **code,
+        "epochs": epochs,
+        "final": final,
     }
-    checkpoint = trainer.checkpoint_callback
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    if trainer.is_global_zero:
-        best = LTCRegressor.load_from_checkpoint(best_path, map_location="cpu") if best_path else model.cpu()
-        if best_path:  # training elements + latent vectors, for applicability flags at prediction time
-            attach_applicability(best_path, best, datamodule.train_dataloader())
-        result["best_checkpoint"] = best_path or None
-        scaling = best.hparams.label_scaling
-        result["best"] = evaluate_on(best, datamodule, scaling)
-        result["cross"] = {}
-        for name in cfg.get("cross_eval") or []:
-            other = build_datamodule(cfg, name)
-            result["cross"][other.name] = evaluate_on(best, other, scaling)
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
-        log.info("best validation MAPE %.4f; metrics in %s", result["best"]["mape"], output_dir / "metrics.json")
-    return result
+
+
+def finish_run(
+    cfg: DictConfig,
+    datamodule: LTCDataModule,
+    best_path: str | os.PathLike | None,
+    model: LTCRegressor,
+    record: dict[str, Any],
+    start: float,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint (or ``model``) on its split and the cross datasets; write ``metrics.json``."""
+    from paraisite.checkpoints import load_ltc_checkpoint
+
+    output_dir = Path(cfg.paths.output_dir)
+    best = load_ltc_checkpoint(best_path)[0] if best_path else model.cpu()
+    if best_path:  # training elements + latent vectors, for applicability flags at prediction time
+        attach_applicability(best_path, best, datamodule.train_dataloader())
+    record["best_checkpoint"] = str(best_path) if best_path else None
+    scaling = best.hparams.label_scaling
+    record["best"] = evaluate_on(best, datamodule, scaling)
+    record["cross"] = {}
+    for name in cfg.get("cross_eval") or []:
+        other = build_datamodule(cfg, name)
+        record["cross"][other.name] = evaluate_on(best, other, scaling)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
+    log.info("best validation MAPE %.4f; metrics in %s", record["best"]["mape"], output_dir / "metrics.json")
+    return record
+
+
+def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The config of the plain run with ``seed`` that ensemble member ``seed`` stands for.
+
+    Its directory is the ensemble job's sibling ``seed<k>``: where a sweep puts the plain run of that seed.
+    """
+    member = copy.deepcopy(cfg)
+    with open_dict(member):
+        member.seed = int(seed)
+        member.seeds = None
+        member.paths.output_dir = str(Path(cfg.paths.output_dir).parent / f"seed{int(seed)}")
+    return member
+
+
+def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg.seeds`` as one vectorised ensemble; each member ends as the plain run of its seed would."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from paraisite.training.ensemble import EnsembleDataModule, EnsembleRegressor, MemberCheckpoint
+
+    job_dir = Path(cfg.paths.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.trainer.get("gradient_clip_val"):
+        raise ValueError("trainer.gradient_clip_val couples the members' gradients; not allowed with seeds=[...]")
+    start = time.perf_counter()
+    code = provenance()
+    check_pretrained_name(cfg)
+    configs = [member_config(cfg, seed) for seed in cfg.seeds]
+    if len({int(seed) for seed in cfg.seeds}) != len(configs):
+        raise ValueError(f"seeds must be distinct, got {list(cfg.seeds)}")
+    prepared = [prepare_run(member) for member in configs]
+    for member in configs:
+        Path(member.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(member.paths.output_dir) / "config_resolved.yaml").write_text(OmegaConf.to_yaml(member, resolve=True))
+    ensemble = EnsembleRegressor([model for _, model, _ in prepared])
+    datamodule = EnsembleDataModule([dm for dm, _, _ in prepared])
+    best_paths = [Path(member.paths.output_dir) / "checkpoints" / "best.ckpt" for member in configs]
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    resume = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", save_top_k=0, save_last=True)
+    callbacks += [MemberCheckpoint(best_paths), resume]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    last = job_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+
+    records = []
+    for m, (member, (dm, _, initialised)) in enumerate(zip(configs, prepared, strict=True)):
+        final = (
+            {f"val/{k}": v for k, v in ensemble.member_metrics["val"][m].items()}
+            if ensemble.member_metrics["val"]
+            else {}
+        )
+        record = run_record(member, dm, initialised, trainer.current_epoch, final)
+        record["ensemble"] = {"job_dir": str(job_dir), "seeds": [int(s) for s in cfg.seeds], "member": m}
+        if trainer.is_global_zero:
+            best = best_paths[m] if best_paths[m].is_file() else None
+            record = finish_run(member, dm, best, ensemble.member_module(m), {**record, **code}, start)
+        records.append(record)
+    summary = {
+        "status": "completed",
+        "seeds": [int(s) for s in cfg.seeds],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    summary["best_mape"] = {str(r["seed"]): r.get("best", {}).get("mape") for r in records}
+    (job_dir / "ensemble.json").write_text(json.dumps(summary, indent=2))
+    return {"status": "completed", "members": records, "best": {"mape": _mean(summary["best_mape"].values())}}
+
+
+def _mean(values: Any) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
 
 
 def run(cfg: DictConfig) -> float:

@@ -1,0 +1,67 @@
+"""Vectorised ensembles: stacked MEGNet equals each member alone; a member equals the plain run of its seed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from paraisite.data.datamodule import LTCDataModule
+from paraisite.models.megnet import MEGNetBackbone
+from paraisite.models.megnet_stacked import StackedGraphs, StackedMEGNet
+from paraisite.training.train import train
+from tests.helpers import FAST, compose_train
+
+
+@pytest.mark.parametrize("source", ["dataset2", "aflow"])
+def test_stacked_megnet_equals_each_member(source):
+    """Members with random and published weights, each on its own batch (padding differs per member)."""
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(MEGNetBackbone())
+    members[1].load_published("MEGNet-MP-2018.6.1-Eform")
+    batches = []
+    for seed in (1, 2, 3):
+        datamodule = LTCDataModule(name="x", sources=[source], seed=seed, max_per_source=200)
+        datamodule.setup()
+        graph, lattice, state, _ = next(iter(datamodule.train_dataloader()))
+        batches.append((graph, lattice, state))
+    sizes = {int(graph.num_nodes) for graph, _, _ in batches}
+    features = StackedMEGNet(members)(StackedGraphs.from_batches(batches))
+    for member, (graph, lattice, state) in zip(members, batches, strict=True):
+        expected = member(graph, lattice, state)
+        assert torch.allclose(features[members.index(member)], expected, atol=1e-5, rtol=1e-5)
+    if source == "aflow":
+        assert len(sizes) > 1, "the AFLOW batches should need padding"
+
+
+ENSEMBLE_RUN = ("data=dataset2", "max_per_source=60", *FAST, "trainer.max_epochs=2", "cross_eval=[dataset1]")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["megnet_scratch", "megnet_pretrained"])
+def test_ensemble_member_equals_plain_run(tmp_path, backbone):
+    """Member k of a 3-member ensemble, 2 epochs: the plain seed-k run's metrics to float-reordering tolerance."""
+    overrides = (*ENSEMBLE_RUN, f"model/backbone={backbone}")
+    train(compose_train(tmp_path / "sweep" / "seeds1-2-3", *overrides, "seeds=[1,2,3]"))
+    summary = json.loads((tmp_path / "sweep" / "seeds1-2-3" / "ensemble.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["seeds"] == [1, 2, 3]
+    for seed in (1, 2, 3):
+        member_dir = tmp_path / "sweep" / f"seed{seed}"
+        member = json.loads((member_dir / "metrics.json").read_text())
+        plain = train(compose_train(tmp_path / "plain" / f"seed{seed}", *overrides, f"seed={seed}"))
+        assert member["status"] == "completed"
+        assert member["seed"] == seed
+        assert member["data"] == json.loads(json.dumps(plain["data"]))
+        for split in ("best",):
+            for key in ("mape", "mae_log10", "rmse_log10"):
+                assert math.isclose(member[split][key], plain[split][key], rel_tol=1e-4, abs_tol=1e-6), (seed, key)
+        for key in ("mape", "mae_log10"):
+            assert math.isclose(member["cross"]["Dataset1"][key], plain["cross"]["Dataset1"][key], rel_tol=1e-4)
+        assert math.isclose(member["final"]["val/mape"], plain["final"]["val/mape"], rel_tol=1e-4)
+        assert (member_dir / "checkpoints" / "best.ckpt").is_file()
+        assert (member_dir / "config_resolved.yaml").is_file()

@@ -10,10 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= quick
 GROUP ?= reproduce-$(PROFILE)
 LOG_DIR ?= logs
-# Multirun launcher: local_parallel (joblib, 2 jobs) by default; basic runs jobs one after the other
-# (a single GPU), slurm submits one job per run.
-LAUNCHER ?= $(if $(filter full,$(PROFILE)),basic,local_parallel)
-TRAINER ?= $(if $(filter full,$(PROFILE)),gpu,cpu)
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# Multirun launcher: local_parallel (joblib, 2 jobs, one thread each) on CPU; basic runs jobs one after the
+# other (a single GPU); slurm submits one job per run. Each job trains its seeds as one ensemble.
+LAUNCHER ?= $(if $(HAS_GPU),basic,local_parallel)
+TRAINER ?= $(if $(HAS_GPU),gpu,cpu)
 SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
 	callbacks.progress_bar=null
 

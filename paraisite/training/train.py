@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -27,7 +26,9 @@ from paraisite.config import config_dir, load_group_option
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import evaluate_on
+from paraisite.training import record
 from paraisite.training.module import LTCRegressor
+from paraisite.training.record import write_json
 from paraisite.zoo.applicability import attach_applicability
 
 log = logging.getLogger(__name__)
@@ -165,20 +166,24 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     code = provenance()  # the code the run starts with (the checkout may change while it trains)
     check_pretrained_name(cfg)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    resume = record.resumable(cfg) and last.is_file()
+    record.mark_running(cfg)
     datamodule, model, initialised = prepare_run(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None)
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    record = run_record(cfg, datamodule, initialised, trainer.current_epoch, _metrics(trainer.callback_metrics, "val/"))
+    final = _metrics(trainer.callback_metrics, "val/")
+    result = run_record(cfg, datamodule, initialised, trainer.current_epoch, final)
     if not trainer.is_global_zero:
-        return {**record, **code}
-    return finish_run(cfg, datamodule, best_path or None, model, {**record, **code}, start)
+        return {**result, **code}
+    return finish_run(cfg, datamodule, best_path or None, model, {**result, **code}, start)
 
 
 def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str, Any]]:
@@ -207,6 +212,7 @@ def run_record(
         "init": initialised,
         "epochs": epochs,
         "final": final,
+        "config_sha256": record.config_sha256(cfg),
     }
 
 
@@ -215,7 +221,7 @@ def finish_run(
     datamodule: LTCDataModule,
     best_path: str | os.PathLike | None,
     model: LTCRegressor,
-    record: dict[str, Any],
+    result: dict[str, Any],
     start: float,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint (or ``model``) on its split and the cross datasets; write ``metrics.json``."""
@@ -225,17 +231,17 @@ def finish_run(
     best = load_ltc_checkpoint(best_path)[0] if best_path else model.cpu()
     if best_path:  # training elements + latent vectors, for applicability flags at prediction time
         attach_applicability(best_path, best, datamodule.train_dataloader())
-    record["best_checkpoint"] = str(best_path) if best_path else None
+    result["best_checkpoint"] = str(best_path) if best_path else None
     scaling = best.hparams.label_scaling
-    record["best"] = evaluate_on(best, datamodule, scaling)
-    record["cross"] = {}
+    result["best"] = evaluate_on(best, datamodule, scaling)
+    result["cross"] = {}
     for name in cfg.get("cross_eval") or []:
         other = build_datamodule(cfg, name)
-        record["cross"][other.name] = evaluate_on(best, other, scaling)
-    record["seconds"] = round(time.perf_counter() - start, 1)
-    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
-    log.info("best validation MAPE %.4f; metrics in %s", record["best"]["mape"], output_dir / "metrics.json")
-    return record
+        result["cross"][other.name] = evaluate_on(best, other, scaling)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(output_dir / "metrics.json", result)
+    log.info("best validation MAPE %.4f; metrics in %s", result["best"]["mape"], output_dir / "metrics.json")
+    return result
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:
@@ -266,6 +272,9 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     code = provenance()
     check_pretrained_name(cfg)
+    last = job_dir / "checkpoints" / "last.ckpt"
+    resume = record.resumable(cfg) and last.is_file()
+    record.mark_running(cfg)
     configs = [member_config(cfg, seed) for seed in cfg.seeds]
     if len({int(seed) for seed in cfg.seeds}) != len(configs):
         raise ValueError(f"seeds must be distinct, got {list(cfg.seeds)}")
@@ -280,33 +289,28 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    resume = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", save_top_k=0, save_last=True)
-    callbacks += [MemberCheckpoint(best_paths), resume]
+    last_checkpoint = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", save_top_k=0, save_last=True)
+    callbacks += [MemberCheckpoint(best_paths), last_checkpoint]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    last = job_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if resume else None)
 
     records = []
+    seeds = [int(s) for s in cfg.seeds]
     for m, (member, (dm, _, initialised)) in enumerate(zip(configs, prepared, strict=True)):
-        final = (
-            {f"val/{k}": v for k, v in ensemble.member_metrics["val"][m].items()}
-            if ensemble.member_metrics["val"]
-            else {}
-        )
-        record = run_record(member, dm, initialised, trainer.current_epoch, final)
-        record["ensemble"] = {"job_dir": str(job_dir), "seeds": [int(s) for s in cfg.seeds], "member": m}
+        val = ensemble.member_metrics["val"]
+        final = {f"val/{k}": v for k, v in val[m].items()} if val else {}
+        result = run_record(member, dm, initialised, trainer.current_epoch, final)
+        result["ensemble"] = {"job_dir": str(job_dir), "seeds": seeds, "member": m}
         if trainer.is_global_zero:
             best = best_paths[m] if best_paths[m].is_file() else None
-            record = finish_run(member, dm, best, ensemble.member_module(m), {**record, **code}, start)
-        records.append(record)
-    summary = {
-        "status": "completed",
-        "seeds": [int(s) for s in cfg.seeds],
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+            result = finish_run(member, dm, best, ensemble.member_module(m), {**result, **code}, start)
+        records.append(result)
+    summary: dict[str, Any] = {"status": "completed", "config_sha256": record.config_sha256(cfg), "seeds": seeds}
     summary["best_mape"] = {str(r["seed"]): r.get("best", {}).get("mape") for r in records}
-    (job_dir / "ensemble.json").write_text(json.dumps(summary, indent=2))
-    return {"status": "completed", "members": records, "best": {"mape": _mean(summary["best_mape"].values())}}
+    summary["epochs"] = trainer.current_epoch
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(job_dir / "ensemble.json", summary)
+    return {**summary, "members": records, "best": {"mape": _mean(summary["best_mape"].values())}}
 
 
 def _mean(values: Any) -> float:
@@ -320,14 +324,19 @@ def run(cfg: DictConfig) -> float:
     In a multirun a failed job returns NaN so the sweep goes on; a single run re-raises.
     """
     output_dir = Path(cfg.paths.output_dir)
+    done = record.completed(cfg)
+    if done is not None:
+        log.info("%s already holds this config's completed run; skipped", output_dir)
+        return float(done.get("best", {}).get("mape", math.nan))
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))
     except Exception as error:
         output_dir.mkdir(parents=True, exist_ok=True)
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        (output_dir / "metrics.json").write_text(json.dumps({"seed": cfg.get("seed"), **failure}, indent=2))
-        log.error("run failed: %s (details in %s)", failure["error"], output_dir / "metrics.json")
+        failure["config_sha256"] = record.config_sha256(cfg)
+        record.write_json(record.status_path(cfg), {"seed": cfg.get("seed"), "seeds": cfg.get("seeds"), **failure})
+        log.error("run failed: %s (details in %s)", failure["error"], record.status_path(cfg))
         if _in_multirun():
             return math.nan
         raise

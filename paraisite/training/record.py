@@ -1,0 +1,75 @@
+"""The status record of a run directory: which config it ran, whether it completed, where to resume.
+
+A run writes ``status: running`` with the hash of its resolved config before it trains, and its full
+record (``status: completed``) when it ends, so a killed run is recognisable as such. Running the same
+config again skips a completed run and resumes an interrupted one from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from paraisite.data.cache import atomic_write
+
+#: Settings that say where and how fast a run goes, not what it computes (left out of the hash).
+NOT_HASHED = ("paths", "threads", "logger", "callbacks", "hydra", "group", "tags")
+
+
+def config_sha256(cfg: DictConfig) -> str:
+    """sha256 of the resolved config without :data:`NOT_HASHED` and the trainer's output folder."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    kept = {key: value for key, value in resolved.items() if key not in NOT_HASHED}
+    if isinstance(kept.get("trainer"), dict):
+        kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k != "default_root_dir"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def status_path(cfg: DictConfig) -> Path:
+    """``ensemble.json`` of an ensemble job, ``metrics.json`` of a single run."""
+    return Path(cfg.paths.output_dir) / ("ensemble.json" if cfg.get("seeds") else "metrics.json")
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write a record atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str)))
+
+
+def completed(cfg: DictConfig) -> dict[str, Any] | None:
+    """The completed record of this exact config in its directory, if there is one."""
+    record = read_status(status_path(cfg))
+    if record and record.get("status") == "completed" and record.get("config_sha256") == config_sha256(cfg):
+        return record
+    return None
+
+
+def resumable(cfg: DictConfig) -> bool:
+    """Whether the directory holds an interrupted run of this exact config (``running`` or ``failed``)."""
+    record = read_status(status_path(cfg))
+    return bool(record and record.get("status") != "completed" and record.get("config_sha256") == config_sha256(cfg))
+
+
+def mark_running(cfg: DictConfig) -> None:
+    """Record that this config is being trained here (replaced by the full record when it ends)."""
+    record = {"status": "running", "config_sha256": config_sha256(cfg), "pid": os.getpid(), "started": time.time()}
+    if cfg.get("seeds"):
+        record["seeds"] = [int(s) for s in cfg.seeds]
+    else:
+        record["seed"] = cfg.get("seed")
+    write_json(status_path(cfg), record)

@@ -1,0 +1,82 @@
+"""Interrupted runs are recognisable, resume exactly from last.ckpt, and completed ones are skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paraisite.training import record
+from paraisite.training.train import run
+from tests.helpers import compose_train
+
+RUN = ("data=dataset1", "max_per_source=40", "logger=none", "callbacks.progress_bar=null", "cross_eval=[]")
+
+
+def _train_command(job_dir: Path, epochs: int) -> list[str]:
+    overrides = [*RUN, "seeds=[1,2]", f"trainer.max_epochs={epochs}", f"hydra.run.dir={job_dir}"]
+    return [sys.executable, "-m", "paraisite.training.train", *overrides]
+
+
+def _members(sweep: Path) -> dict[int, dict]:
+    return {seed: json.loads((sweep / f"seed{seed}" / "metrics.json").read_text()) for seed in (1, 2)}
+
+
+@pytest.mark.slow
+def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path):
+    epochs = 6
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # Uninterrupted reference.
+    reference = tmp_path / "reference" / "seeds1-2"
+    subprocess.run(_train_command(reference, epochs), check=True, env=env, capture_output=True, timeout=600)
+    # Killed after its first saved epoch (SIGKILL: nothing can be written on the way out).
+    job = tmp_path / "killed" / "seeds1-2"
+    process = subprocess.Popen(
+        _train_command(job, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = job / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert last.is_file(), "the run ended before its first checkpoint; nothing was interrupted"
+    status = json.loads((job / "ensemble.json").read_text())
+    assert status["status"] == "running"  # recognisably interrupted, with the config it ran
+    assert not (job.parent / "seed1" / "metrics.json").exists()
+    # The same command again resumes and lands on the uninterrupted result.
+    subprocess.run(_train_command(job, epochs), check=True, env=env, capture_output=True, timeout=600)
+    resumed, expected = _members(job.parent), _members(reference.parent)
+    for seed in (1, 2):
+        assert resumed[seed]["status"] == "completed"
+        assert resumed[seed]["epochs"] == expected[seed]["epochs"] == epochs
+        for split in ("best", "final"):  # float summation order only (threads), well under any reported digit
+            for key, value in expected[seed][split].items():
+                if isinstance(value, float):
+                    assert math.isclose(resumed[seed][split][key], value, rel_tol=1e-5), (seed, split, key)
+    # And once more: completed with this config, so nothing is trained or written.
+    stamp = (job.parent / "seed1" / "metrics.json").stat().st_mtime_ns
+    subprocess.run(_train_command(job, epochs), check=True, env=env, capture_output=True, timeout=600)
+    assert (job.parent / "seed1" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_completed_single_run_is_skipped_and_a_changed_config_is_not(tmp_path):
+    cfg = compose_train(tmp_path / "run", *RUN, "trainer.max_epochs=1")
+    first = run(cfg)
+    metrics = tmp_path / "run" / "metrics.json"
+    assert json.loads(metrics.read_text())["config_sha256"] == record.config_sha256(cfg)
+    stamp = metrics.stat().st_mtime_ns
+    assert run(cfg) == first
+    assert metrics.stat().st_mtime_ns == stamp
+    changed = compose_train(tmp_path / "run", *RUN, "trainer.max_epochs=2")
+    assert record.completed(changed) is None
+    run(changed)
+    assert json.loads(metrics.read_text())["epochs"] == 2
+    assert not list((tmp_path / "run" / "checkpoints").glob("best-v*.ckpt"))

@@ -185,3 +185,42 @@ def load_ltc_checkpoint(
             f"{path}: not a paraisite LTC checkpoint ({type(error).__name__}: {error})"
         ) from None
     return model.eval(), checkpoint
+
+
+def resolve_run_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``.ckpt`` file as given, or the best checkpoint a run directory's completed ``metrics.json`` names.
+
+    A run directory means exactly the checkpoint its own record chose (``best_checkpoint``, looked up by
+    file name in the directory's ``checkpoints/``, so a moved or copied directory still resolves inside
+    itself), never a leftover file beside it.
+
+    Raises:
+        FileNotFoundError: no such file, or a directory without ``metrics.json`` or without that checkpoint.
+        RuntimeError: the run did not complete (``running``: interrupted or still training; ``failed``).
+    """
+    import json
+
+    from paraisite.safety import resolve_inside
+
+    candidate = Path(path)
+    if not candidate.is_dir():
+        if not candidate.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {candidate}")
+        return candidate
+    metrics = candidate / "metrics.json"
+    try:
+        record = json.loads(metrics.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{candidate} is not a completed run directory (no metrics.json)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise RuntimeError(f"{metrics}: unreadable run record ({error})") from None
+    status = record.get("status") if isinstance(record, dict) else None
+    if status != "completed":
+        raise RuntimeError(f"run {candidate} did not complete (status {status!r}); re-run its command to finish it")
+    named = record.get("best_checkpoint")
+    if not named:
+        raise FileNotFoundError(f"{metrics} names no best checkpoint")
+    best = resolve_inside(candidate / "checkpoints", Path(str(named)).name, what=f"best checkpoint of {metrics}")
+    if not best.is_file():
+        raise FileNotFoundError(f"{metrics} names {Path(str(named)).name}, which is not in {candidate / 'checkpoints'}")
+    return best

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from paraisite.checkpoints import resolve_run_checkpoint
 from paraisite.training import record
 from paraisite.training.train import run
-from tests.helpers import compose_train
+from tests.helpers import compose_train, tiny_ltc_run
 
 RUN = ("data=dataset1", "max_per_source=40", "logger=none", "callbacks.progress_bar=null", "cross_eval=[]")
 
@@ -80,3 +82,35 @@ def test_completed_single_run_is_skipped_and_a_changed_config_is_not(tmp_path):
     run(changed)
     assert json.loads(metrics.read_text())["epochs"] == 2
     assert not list((tmp_path / "run" / "checkpoints").glob("best-v*.ckpt"))
+
+
+def test_run_directory_means_the_checkpoint_its_record_names(tmp_path):
+    run_dir = tmp_path / "sweep" / "step1" / "Dataset1" / "seed1"
+    tiny_ltc_run(run_dir)
+    named = Path(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]).name
+    assert resolve_run_checkpoint(run_dir) == run_dir / "checkpoints" / named
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    assert resolve_run_checkpoint(moved) == moved / "checkpoints" / named  # inside the copy, not the original
+    record = json.loads((moved / "metrics.json").read_text())
+    (moved / "metrics.json").write_text(json.dumps({**record, "best_checkpoint": "../../elsewhere.ckpt"}))
+    with pytest.raises(FileNotFoundError, match=r"elsewhere\.ckpt, which is not in"):
+        resolve_run_checkpoint(moved)  # only the file name counts: it is looked up inside the directory
+    (moved / "metrics.json").write_text(json.dumps({"status": "running", "pid": 1}))
+    with pytest.raises(RuntimeError, match="did not complete"):
+        resolve_run_checkpoint(moved)
+    (moved / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
+        resolve_run_checkpoint(moved)
+    # paraisite status: the completed run, an interrupted one (its process is gone) and pending ones.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    interrupted = tmp_path / "sweep" / "step1" / "Dataset1" / "seed2"
+    interrupted.mkdir(parents=True)
+    (interrupted / "metrics.json").write_text(json.dumps({"status": "running", "pid": dead.pid}))
+    output = subprocess.run(
+        [sys.executable, "-m", "paraisite.cli.main", "status", str(tmp_path / "sweep"), "--seeds", "1-3"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "step1  Dataset1  1 completed, 1 interrupted, 1 pending" in output.stdout
+    assert "total: 1 completed, 1 interrupted, 31 pending" in output.stdout

@@ -22,6 +22,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from paraisite.checkpoints import load_checkpoint, resolve_run_checkpoint
 from paraisite.config import config_dir, load_group_option
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
@@ -71,16 +72,6 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file, or a run directory's ``checkpoints/best.ckpt``; missing ones fail clearly."""
-    candidate = Path(path)
-    if candidate.is_dir():
-        candidate = candidate / "checkpoints" / "best.ckpt"
-    if not candidate.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {candidate}")
-    return candidate
-
-
 def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataModule:
     """The training datamodule, or (``data_name``) the same settings on another dataset of ``conf/data``."""
     if data_name is not None:
@@ -118,11 +109,11 @@ def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
         module.backbone.load_published(report["pretrained"])
     if cfg.get("init_from"):
         try:
-            path = resolve_checkpoint(cfg.init_from)
-        except FileNotFoundError as error:
+            path = resolve_run_checkpoint(cfg.init_from)
+        except (FileNotFoundError, RuntimeError) as error:
             hint = cfg.get("init_from_hint")
             raise FileNotFoundError(f"{error}; produce it with: {hint}" if hint else str(error)) from None
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_checkpoint(path)["state_dict"]
         keep_stats = bool(cfg.protocol.get("keep_init_target_stats", False))
         weights = state if keep_stats else {k: v for k, v in state.items() if not k.startswith("scaler.")}
         result = module.load_state_dict(weights, strict=False)

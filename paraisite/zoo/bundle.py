@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import paraisite
-from paraisite.checkpoints import load_checkpoint
+from paraisite.checkpoints import load_checkpoint, resolve_run_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
 from paraisite.safety import UnsafePathError, check_relative_name, resolve_inside
@@ -241,9 +241,10 @@ def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: s
     output.mkdir(parents=True, exist_ok=True)
     members = []
     for run_dir, metrics in runs:
-        checkpoint = run_dir / "checkpoints" / "best.ckpt"
-        if not checkpoint.is_file():
-            raise BundleError(f"{run_dir}: completed run without {checkpoint.relative_to(run_dir)}")
+        try:
+            checkpoint = resolve_run_checkpoint(run_dir)
+        except (FileNotFoundError, RuntimeError) as error:
+            raise BundleError(str(error)) from None
         file = f"seed{metrics['seed']}.ckpt"
         write_inference_checkpoint(checkpoint, output / file)
         mape = metrics.get("best", {}).get("mape")

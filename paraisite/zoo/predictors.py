@@ -24,11 +24,10 @@ from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Element, Structure
 from torch import nn
 
-from paraisite.checkpoints import load_ltc_checkpoint
+from paraisite.checkpoints import load_ltc_checkpoint, resolve_run_checkpoint
 from paraisite.data.graphs import collate_item
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.training.module import LTCRegressor
-from paraisite.training.train import resolve_checkpoint
 from paraisite.zoo.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import CATALOG, LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS
@@ -225,4 +224,4 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
             f"--model {spec}: neither a zoo name (see `paraisite zoo list`) nor an existing checkpoint, "
             "run directory or bundle directory"
         )
-    return load_checkpoints(spec, [resolve_checkpoint(path)], ensemble=False)
+    return load_checkpoints(spec, [resolve_run_checkpoint(path)], ensemble=False)

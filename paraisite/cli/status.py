@@ -1,0 +1,93 @@
+"""``paraisite status SWEEP_DIR``: which runs of a sweep are done, failed, running, interrupted or pending."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+from paraisite.training.record import read_status
+
+#: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
+PAPER_JOBS = {
+    "step1": ("Dataset1", "Dataset2", "MIX", "AFLOW"),
+    "step2": ("Dataset1", "Dataset2", "MIX", "AFLOW"),
+    "step3": ("Dataset1", "Dataset2", "MIX"),
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``status``."""
+    parser = subparsers.add_parser("status", help="state of each run of a sweep (done/failed/running/pending)")
+    parser.add_argument("sweep_dir", type=Path, help="the sweep's directory (<log_dir>/<group>)")
+    parser.add_argument("--seeds", default="1-9", help="seeds expected per job, e.g. 1-9 or 1,2,3 (default: 1-9)")
+    parser.set_defaults(func=run_status)
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        first, last = (int(part) for part in text.split("-", 1))
+        return list(range(first, last + 1))
+    return [int(part) for part in text.split(",") if part]
+
+
+def _alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _last_epoch(job_dir: Path) -> int | None:
+    rows = list(job_dir.glob("csv/**/metrics.csv"))
+    if not rows:
+        return None
+    with open(max(rows, key=lambda p: p.stat().st_mtime), newline="") as stream:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(stream) if row.get("epoch")]
+    return max(epochs) + 1 if epochs else None
+
+
+def run_state(run_dir: Path) -> str:
+    """``completed``, ``failed``, ``running``, ``interrupted`` (running, but its process is gone) or ``pending``."""
+    record = read_status(run_dir / "metrics.json")
+    if record is None:
+        return "pending"
+    status = str(record.get("status"))
+    if status == "running":
+        return "running" if _alive(record.get("pid")) else "interrupted"
+    return status
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print one line per (step, dataset): counts per state, and the ensemble job's progress; exit 1 on failures."""
+    seeds = _seeds(args.seeds)
+    if not args.sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory {args.sweep_dir} does not exist")
+    totals: dict[str, int] = {}
+    for step, datasets in PAPER_JOBS.items():
+        for dataset in datasets:
+            job_root = args.sweep_dir / step / dataset
+            states = [run_state(job_root / f"seed{seed}") for seed in seeds]
+            for job in sorted(job_root.glob("seeds*")):
+                record = read_status(job / "ensemble.json") or {}
+                if record.get("status") == "running":
+                    state = "running" if _alive(record.get("pid")) else "interrupted"
+                    members = {int(s) for s in record.get("seeds", [])}
+                    states = [
+                        state if seed in members and old == "pending" else old
+                        for seed, old in zip(seeds, states, strict=True)
+                    ]
+            counts = {state: states.count(state) for state in dict.fromkeys(states)}
+            for state, count in counts.items():
+                totals[state] = totals.get(state, 0) + count
+            progress = ""
+            for job in sorted(job_root.glob("seeds*")):
+                epoch = _last_epoch(job)
+                if epoch is not None and "completed" not in counts:
+                    progress = f"  ({job.name}: {epoch} epochs logged)"
+            summary = ", ".join(f"{count} {state}" for state, count in counts.items())
+            print(f"{step:6} {dataset:9} {summary}{progress}")
+    print("total: " + ", ".join(f"{count} {state}" for state, count in totals.items()))
+    return 1 if totals.get("failed") else 0

@@ -301,6 +301,8 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     summary["epochs"] = trainer.current_epoch
     summary["seconds"] = round(time.perf_counter() - start, 1)
     write_json(job_dir / "ensemble.json", summary)
+    if trainer.is_global_zero:  # the resume state (52 MB for 9 MEGNet members) is not needed once complete
+        last.unlink(missing_ok=True)
     return {**summary, "members": records, "best": {"mape": _mean(summary["best_mape"].values())}}
 
 

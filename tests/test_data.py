@@ -10,7 +10,14 @@ from pymatgen.core import Lattice, Structure
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule, split_indices
 from paraisite.data.graphs import GraphError, MEGNetGraphBuilder, graph_cache_path, load_graph_set
-from paraisite.data.sources import StructureFileError, load_source, pair_aflow_values, read_structure, source_key
+from paraisite.data.sources import (
+    StructureFileError,
+    converted_path,
+    load_source,
+    pair_aflow_values,
+    read_structure,
+    source_key,
+)
 
 # Statistics of log10(TC+1) over each whole dataset, as stored in the upstream torch.scaler.* files
 # (documented in the mirror README); the paper's "whole dataset" scaler must reproduce them.
@@ -125,6 +132,35 @@ def test_graph_cache_is_reused_and_rebuilt_when_a_setting_changes(tmp_path, monk
     rebuilt = load_graph_set("dataset2", wider)
     assert other.is_file()
     assert rebuilt.graphs[0].edge_index.shape[1] > first.graphs[0].edge_index.shape[1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "no_digest"])
+def test_a_damaged_cache_is_reported_and_rebuilt(tmp_path, monkeypatch, caplog, damage):
+    """Graph and converted-structure caches are checked against their recorded sha256 on every load."""
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    builder = MEGNetGraphBuilder(cutoff=4.0)
+    reference = load_graph_set("dataset1", builder)
+    converted = converted_path("dataset1")
+    graphs = graph_cache_path("dataset1", source_key("dataset1"), builder)
+    for path in (converted, graphs):
+        data = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        elif damage == "flip_byte":
+            path.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+        else:
+            path.with_name(path.name + ".sha256").unlink()
+    with caplog.at_level("WARNING"):
+        rebuilt = load_graph_set("dataset1", builder)
+    for path in (converted, graphs):
+        assert any(
+            str(path) in record.getMessage() and "rebuilding" in record.getMessage() for record in caplog.records
+        )
+    assert rebuilt.ids == reference.ids
+    assert all(torch.equal(a.edge_index, b.edge_index) for a, b in zip(reference.graphs, rebuilt.graphs, strict=True))
+    caplog.clear()
+    load_graph_set("dataset1", builder)  # repaired: loads silently
+    assert not [record for record in caplog.records if "rebuilding" in record.getMessage()]
 
 
 def test_unparsable_cif_is_a_clear_error(tmp_path):

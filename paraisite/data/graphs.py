@@ -8,6 +8,7 @@ numbers, so it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from torch_geometric.data.collate import collate
 from torch_geometric.data.separate import separate
 
 from paraisite.data import registry
-from paraisite.data.cache import atomic_write, settings_key
+from paraisite.data.cache import read_verified, settings_key, write_verified
 from paraisite.data.sources import CrystalRecord, load_source, source_key
 
 log = logging.getLogger(__name__)
@@ -146,15 +147,25 @@ def _save(path: Path, graph_set: GraphSet) -> None:
         "tc": graph_set.tc,
         "problems": graph_set.problems,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_verified(path, buffer.getvalue())
 
 
-def _load(path: Path, source: str) -> GraphSet:
-    payload = torch.load(path, weights_only=True)
-    store = Data.from_dict(payload["store"])
-    count = len(payload["ids"])
-    graphs = [separate(Data, store, i, payload["slices"], decrement=False) for i in range(count)]
-    return GraphSet(source, graphs, payload["ids"], payload["formulas"], payload["tc"], payload["problems"])
+def _load(path: Path, source: str) -> GraphSet | None:
+    """The cached graphs, or ``None`` (reported) when the file is missing, fails its sha256 or does not load."""
+    data = read_verified(path)
+    if data is None:
+        return None
+    try:
+        payload = torch.load(io.BytesIO(data), weights_only=True)
+        store = Data.from_dict(payload["store"])
+        count = len(payload["ids"])
+        graphs = [separate(Data, store, i, payload["slices"], decrement=False) for i in range(count)]
+        return GraphSet(source, graphs, payload["ids"], payload["formulas"], payload["tc"], payload["problems"])
+    except Exception as error:  # a verified file that still does not load (an older format): rebuild it
+        log.warning("graph cache %s does not load (%s: %s); rebuilding it", path, type(error).__name__, error)
+        return None
 
 
 def load_graph_set(
@@ -171,9 +182,8 @@ def load_graph_set(
     if on_isolated not in ISOLATED_POLICIES:
         raise ValueError(f"on_isolated={on_isolated!r}; valid: {', '.join(ISOLATED_POLICIES)}")
     path = graph_cache_path(source, source_key(source, on_bad_structure), builder)
-    if path.is_file():
-        graph_set = _load(path, source)
-    else:
+    graph_set = _load(path, source)
+    if graph_set is None:
         start = time.perf_counter()
         data = load_source(source, on_bad_structure)
         graphs, kept, problems = build_graphs(data.records, builder)

@@ -30,7 +30,7 @@ import pandas as pd
 from pymatgen.core import Structure
 
 from paraisite.data import registry
-from paraisite.data.cache import atomic_write, settings_key
+from paraisite.data.cache import read_verified, settings_key, write_verified
 from paraisite.data.cif import is_cif, read_cif
 
 log = logging.getLogger(__name__)
@@ -268,11 +268,14 @@ def load_source(name: str, on_bad_structure: str = "skip") -> SourceData:
         raise ValueError(f"on_bad_structure={on_bad_structure!r}; valid: {', '.join(BAD_STRUCTURE_POLICIES)}")
     key = source_key(name, on_bad_structure)
     path = converted_path(name, on_bad_structure)
-    if path.is_file():
-        with gzip.open(path, "rt") as stream:
-            payload = json.load(stream)
-        records = [CrystalRecord.from_json(row, name) for row in payload["records"]]
-        return SourceData(name, key, records, payload["report"])
+    cached = read_verified(path)
+    if cached is not None:
+        try:
+            payload = json.loads(gzip.decompress(cached))
+            records = [CrystalRecord.from_json(row, name) for row in payload["records"]]
+            return SourceData(name, key, records, payload["report"])
+        except Exception as error:  # verified but unreadable (an older format): convert again
+            log.warning("converted cache %s does not load (%s: %s); rebuilding it", path, type(error).__name__, error)
     spec = source_spec(name)
     start = time.perf_counter()
     paths = [registry.fetch_entry(f) for f in spec.inputs]
@@ -280,10 +283,6 @@ def load_source(name: str, on_bad_structure: str = "skip") -> SourceData:
     report["convert_seconds"] = round(time.perf_counter() - start, 2)
     payload = {"source": name, "key": key, "report": report, "records": [r.to_json() for r in records]}
 
-    def write(tmp: Path) -> None:
-        with gzip.open(tmp, "wt") as stream:
-            json.dump(payload, stream)
-
-    atomic_write(path, write)
+    write_verified(path, gzip.compress(json.dumps(payload).encode(), mtime=0))
     log.info("converted %s: %d records in %.1f s -> %s", name, len(records), report["convert_seconds"], path)
     return SourceData(name, key, records, report)

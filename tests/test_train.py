@@ -19,6 +19,7 @@ from paraisite.config import group_options
 from paraisite.data import registry
 from paraisite.data.target import TargetScaler
 from paraisite.evaluation.cross import predict_loader
+from paraisite.training.checks import ConfigValueError
 from paraisite.training.module import LTCRegressor, reference_tc
 from paraisite.training.train import build_datamodule, build_model, instantiate_group, run, train
 from paraisite.zoo.applicability import load_applicability
@@ -200,3 +201,25 @@ def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_s
     scheduler = reloaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     reloaded.lr_scheduler_step(scheduler, None)
     assert scheduler.last_epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: an integer >= 1"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1: an integer >= 1"),
+        ("model.head.hidden=[0]", "model.head.hidden=[0]: a list of integers >= 1"),
+        ("model.head.hidden=[64,-3]", "model.head.hidden=[64, -3]: a list of integers >= 1"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr='fast': a number > 0"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0: a number > 0"),
+        ("data.batch_size=0", "data.batch_size=0: an integer >= 1"),
+        ("seeds=[1,1]", "seeds=[1, 1]: null or a non-empty list of distinct integers"),
+        ("model.head.dropout=1.5", "model.head.dropout=1.5: a number in [0, 1)"),
+    ],
+)
+def test_bad_config_values_are_refused_before_anything_runs(tmp_path, override, message):
+    cfg = compose_train(tmp_path / "run", *FAST, override)
+    with pytest.raises(ConfigValueError) as error:
+        train(cfg)
+    assert message in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is touched

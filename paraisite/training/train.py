@@ -28,6 +28,7 @@ from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.training import record
+from paraisite.training.checks import check_run_config
 from paraisite.training.module import LTCRegressor
 from paraisite.training.record import write_json
 from paraisite.zoo.applicability import attach_applicability
@@ -143,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     The config's cache and mirror apply to this run only (``registry.configured``).
     """
+    check_run_config(cfg)
     with registry.configured(cfg.paths.get("cache_dir"), cfg.paths.get("mirror_dir")):
         return _train(cfg)
 

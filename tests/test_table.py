@@ -179,3 +179,14 @@ def test_paper_runs_reproduce_published_off_diagonal_but_not_diagonal():
     assert (off_diagonal["delta"].abs() <= 0.011).all()
     assert (diagonal["published_mean"] > diagonal["mean"]).all()
     assert cell(cells, "step1", "Dataset1", "Dataset1")["mean"] == pytest.approx(0.54, abs=0.01)
+
+
+def test_records_are_copied_beside_the_table_and_rebuild_it(sweep: Path, tmp_path: Path):
+    out = tmp_path / "experiment"
+    (sweep / "step1" / "Dataset1" / "seed1" / "checkpoints").mkdir()
+    (sweep / "step1" / "Dataset1" / "seed1" / "checkpoints" / "best.ckpt").write_bytes(b"not copied")
+    assert cli(["table", str(sweep), "-o", str(out), "--records", "--no-paper-runs"]) == 0
+    copied = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("*") if p.is_file())
+    assert copied == sorted(p.relative_to(sweep).as_posix() for p in sweep.rglob("metrics.json"))
+    assert cli(["table", str(out / "runs"), "-o", str(tmp_path / "rebuilt"), "--no-paper-runs"]) == 0
+    assert (tmp_path / "rebuilt" / "table.csv").read_text() == (out / "table.csv").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-paper-runs",
         action="store_true",
         help="leave out the upstream per-run reference (registry group paper-results)",
+    )
+    parser.add_argument(
+        "--records",
+        action="store_true",
+        help="also copy each run's metrics.json and config_resolved.yaml (and each ensemble job's ensemble.json) "
+        "to OUT_DIR/runs/, keeping the sweep's layout: the compact results to commit beside the table",
     )
     parser.add_argument(
         "--wandb",
@@ -64,6 +71,9 @@ def run_table(args: argparse.Namespace) -> int:
         Console().print(Markdown(markdown))
     else:
         print(markdown, end="")
+    if args.records:
+        copied = copy_records(args.sweep_dir, (args.out_dir or args.sweep_dir) / "runs")
+        console.print(f"copied {copied} run records to {(args.out_dir or args.sweep_dir) / 'runs'}")
     if args.wandb:
         _log_to_new_wandb_run(cells, paths["heatmap"], runs, args.out_dir or args.sweep_dir)
     if failures:
@@ -85,3 +95,21 @@ def _log_to_new_wandb_run(cells: pd.DataFrame, heatmap: Path, runs: pd.DataFrame
         table.log_to_wandb(cells, heatmap)
     finally:
         wandb.finish()
+
+
+#: The small per-run files that record a result (checkpoints and logs stay behind).
+RECORD_FILES = ("metrics.json", "config_resolved.yaml", "ensemble.json")
+
+
+def copy_records(sweep_dir: Path, target: Path) -> int:
+    """Copy every run's record files from ``sweep_dir`` to ``target``, same relative paths; returns the count."""
+    copied = 0
+    for name in RECORD_FILES:
+        for source in sorted(sweep_dir.glob(f"**/{name}")):
+            if target in source.parents:
+                continue
+            destination = target / source.relative_to(sweep_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+            copied += 1
+    return copied

@@ -187,7 +187,7 @@ COMMAND_CASES: list[tuple[str, list[str] | Callable[[Path], list[str]], int, str
     ("percentile above 100", ["--max-percentile", "150"], 1, "--max-percentile must be within [0, 100]"),
     ("text file as checkpoint", not_a_checkpoint, 1, "not a readable checkpoint"),
     ("checkpoint that would run code", crafted_checkpoint, 1, "refused: the checkpoint needs more than weights"),
-    ("run directory without checkpoint", empty_run_directory, 1, "checkpoint not found"),
+    ("run directory without a completed record", empty_run_directory, 1, "is not a completed run directory"),
     ("bundle member outside the bundle", bundle_member_outside, 1, "'../outside.ckpt' has the part '..'"),
     ("output equal to an input", output_is_an_input, 1, "is also an input; choose another output file"),
 ]

@@ -89,10 +89,10 @@ def ragged_linear(
     For rows whose count differs much between members (the edges of a batch), where padding to
     ``[M, max R, in]`` would waste more than one matmul call per member costs.
     """
-    parts = []
-    for m in range(weight.shape[0]):
-        rows = x[offsets[m] : offsets[m + 1]]
-        parts.append(F.linear(rows, weight[m], None if bias is None else bias[m]))
+    sizes = [offsets[m + 1] - offsets[m] for m in range(weight.shape[0])]
+    # split (not slicing): its backward is one cat, where each slice's backward would fill a full-size zero grad.
+    weights, biases = weight.unbind(0), (None,) * len(sizes) if bias is None else bias.unbind(0)
+    parts = [F.linear(rows, w, b) for rows, w, b in zip(x.split(sizes), weights, biases, strict=True)]
     return torch.cat(parts)
 
 

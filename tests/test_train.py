@@ -55,7 +55,9 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
         cfg = compose_train(tmp_path, f"profile={option}", "experiment=step3")
         assert cfg.profile.name == option
         assert cfg.init_from_hint.endswith(f"profile={option}")
-        assert cfg.threads == (1 if option == "quick" else None)
+        assert cfg.threads == (None if option == "default" else 1)  # quick/full: 1 thread per job, 2 jobs at a time
+        expected_seeds = {"default": None, "quick": [1, 2, 3], "full": list(range(1, 10))}[option]
+        assert (OmegaConf.to_container(cfg.seeds) if cfg.seeds is not None else None) == expected_seeds
     for option in group_options("trainer"):
         cfg = compose_train(tmp_path, f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1")
         assert instantiate(cfg.trainer, logger=False, enable_checkpointing=False).max_epochs == 100

@@ -231,11 +231,14 @@ class MemberCheckpoint(Callback):
     """Write member ``m``'s checkpoint to ``paths[m]`` whenever its validation MAPE improves (strictly).
 
     The file is what a plain run's best checkpoint holds for inference and re-training: ``state_dict`` and
-    ``hyper_parameters`` of an :class:`LTCRegressor`, plus ``epoch`` and ``global_step``. The best scores are
-    part of the callback state, so a resumed ensemble keeps choosing as the uninterrupted one would.
+    ``hyper_parameters`` of an :class:`LTCRegressor`, plus ``epoch`` and ``global_step``. After each
+    validation it also writes the ensemble's resume state to ``resume_path`` (atomically, after the
+    members' files, so the two always agree); the best scores are part of that state, so a resumed
+    ensemble keeps choosing as the uninterrupted one would.
     """
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], resume_path: Path | None = None) -> None:
+        self.resume_path = None if resume_path is None else Path(resume_path)
         self.paths = [Path(p) for p in paths]
         self.best: list[float] = [math.inf] * len(self.paths)
         self.best_epoch: list[int | None] = [None] * len(self.paths)
@@ -266,6 +269,11 @@ class MemberCheckpoint(Callback):
             tmp = self.paths[m].with_suffix(".tmp")
             torch.save(checkpoint, tmp)
             tmp.replace(self.paths[m])
+        if self.resume_path is not None and trainer.is_global_zero:
+            self.resume_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.resume_path.with_suffix(".tmp")
+            trainer.save_checkpoint(tmp)
+            tmp.replace(self.resume_path)
 
     def state_dict(self) -> dict[str, Any]:
         """Best scores so far (restored on resume)."""

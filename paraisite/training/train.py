@@ -282,8 +282,7 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    last_checkpoint = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", save_top_k=0, save_last=True)
-    callbacks += [MemberCheckpoint(best_paths), last_checkpoint]
+    callbacks.append(MemberCheckpoint(best_paths, resume_path=last))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if resume else None)
 

@@ -18,7 +18,7 @@ TRAINER ?= $(if $(HAS_GPU),gpu,cpu)
 SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
 	callbacks.progress_bar=null
 
-.PHONY: help install train test test-fast lint format reproduce table benchmark clean
+.PHONY: help install train test test-fast lint format reproduce status table benchmark clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,10 +53,14 @@ reproduce: install ## The paper's table: Steps I+II on 4 datasets, then Step III
 	$(BIN)/paraisite-train -m experiment=step3 data=dataset1,dataset2,mix $(SWEEP)
 	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
 
+status: install ## Which runs of a sweep are done, failed, running, interrupted or pending: make status GROUP=...
+	$(BIN)/paraisite status $(LOG_DIR)/$(GROUP)
+
 table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
 	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
+	$(BIN)/python benchmarks/ensemble_throughput.py --out benchmarks/results/ensemble_throughput.json
 	$(BIN)/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
 	$(BIN)/python benchmarks/predict_throughput.py --out benchmarks/results/predict_throughput.json
 	$(BIN)/python benchmarks/cgcnn_featurize.py --out benchmarks/results/cgcnn_featurize.json

@@ -35,7 +35,7 @@ train: install ## Run the default training job (Dataset2, pretrained MEGNet, CPU
 	$(BIN)/paraisite-train
 
 test: install ## Run the whole test suite (what CI runs)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 
 test-fast: install ## Tests without the slow ones
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -114,7 +114,8 @@ def main() -> None:
             f"{row['data']:>8} ({row['train_structures']} train, {row['seeds']} seeds x {row['epochs']} epochs): "
             f"plain {row['plain_seed_epochs_per_s']:.3f} seed-epochs/s, ensemble "
             f"{row['ensemble_seed_epochs_per_s']:.3f} -> {row['speedup']:.2f}x "
-            f"({row['plain_ms_per_structure_epoch']:.2f} -> {row['ensemble_ms_per_structure_epoch']:.2f} ms per structure-epoch)"
+            f"({row['plain_ms_per_structure_epoch']:.2f} -> {row['ensemble_ms_per_structure_epoch']:.2f} "
+            "ms per structure-epoch)"
         )
     by_data = {row["data"]: row for row in results}
     projection = {

@@ -65,3 +65,16 @@ def test_ensemble_member_equals_plain_run(tmp_path, backbone):
         assert math.isclose(member["final"]["val/mape"], plain["final"]["val/mape"], rel_tol=1e-4)
         assert (member_dir / "checkpoints" / "best.ckpt").is_file()
         assert (member_dir / "config_resolved.yaml").is_file()
+
+
+def test_ensemble_step3_members_start_from_their_own_seeds_step2_model(tmp_path):
+    shared = ("max_per_source=40", *FAST, f"paths.log_dir={tmp_path}", "group=g", "seeds=[1,2]")
+    train(compose_train(tmp_path / "g" / "step2" / "AFLOW" / "seeds1-2", "experiment=step2", "data=aflow", *shared))
+    train(
+        compose_train(tmp_path / "g" / "step3" / "Dataset1" / "seeds1-2", "experiment=step3", "data=dataset1", *shared)
+    )
+    for seed in (1, 2):
+        member = json.loads((tmp_path / "g" / "step3" / "Dataset1" / f"seed{seed}" / "metrics.json").read_text())
+        expected = tmp_path / "g" / "step2" / "AFLOW" / f"seed{seed}" / "checkpoints" / "best.ckpt"
+        assert member["init"]["init_from"] == str(expected)
+        assert member["status"] == "completed"

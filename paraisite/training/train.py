@@ -283,7 +283,10 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(MemberCheckpoint(best_paths, resume_path=last))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # MemberCheckpoint writes every checkpoint; Lightning's default one would add a 52 MB copy per epoch.
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
+    )
     trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if resume else None)
 
     records = []

@@ -168,7 +168,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
@@ -287,7 +287,7 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
     )
-    trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    trainer.fit(ensemble, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
 
     records = []
     seeds = [int(s) for s in cfg.seeds]

@@ -21,12 +21,13 @@ from matgl.graph.data import collate_fn_graph
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
+from paraisite.data.cache import atomic_write
 from paraisite.data.datamodule import GraphDataset, LTCDataModule
 from paraisite.data.sampling import epoch_order
 from paraisite.data.target import decode_tc
 from paraisite.models.stacked import StackedParameters, stacked_sequential
 from paraisite.training.metrics import ltc_metrics
-from paraisite.training.module import LTCRegressor, build_optimizers, ltc_loss, reference_tc
+from paraisite.training.module import LTCRegressor, build_optimizers, ltc_loss, reference_tc, step_schedule
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,7 @@ class EnsembleRegressor(pl.LightningModule):
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Step the schedule ``scheduler_steps_per_epoch`` times per epoch, as each member would."""
-        for _ in range(self.settings.scheduler_steps_per_epoch):
-            scheduler.step() if metric is None else scheduler.step(metric)
+        step_schedule(scheduler, metric, self.settings.scheduler_steps_per_epoch)
 
 
 class MemberCheckpoint(Callback):
@@ -265,15 +265,9 @@ class MemberCheckpoint(Callback):
                 "global_step": trainer.global_step,
                 "pytorch-lightning_version": pl.__version__,
             }
-            self.paths[m].parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.paths[m].with_suffix(".tmp")
-            torch.save(checkpoint, tmp)
-            tmp.replace(self.paths[m])
+            atomic_write(self.paths[m], lambda tmp, checkpoint=checkpoint: torch.save(checkpoint, tmp))
         if self.resume_path is not None and trainer.is_global_zero:
-            self.resume_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.resume_path.with_suffix(".tmp")
-            trainer.save_checkpoint(tmp)
-            tmp.replace(self.resume_path)
+            atomic_write(self.resume_path, trainer.save_checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         """Best scores so far (restored on resume)."""

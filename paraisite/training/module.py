@@ -53,6 +53,12 @@ def ltc_loss(kind: str, z_pred: torch.Tensor, tc: torch.Tensor, mean: torch.Tens
     return torch.mean((z_pred - z_true) ** 2, dim=-1)
 
 
+def step_schedule(scheduler: Any, metric: Any, times: int) -> None:
+    """One epoch's schedule steps: ``times`` is 1, or 2 to reproduce the paper's code."""
+    for _ in range(times):
+        scheduler.step() if metric is None else scheduler.step(metric)
+
+
 def build_optimizers(hparams: Any, head_params: list, backbone_params: list) -> Any:
     """Optimizer (optional backbone learning rate) and a scheduler stepped per epoch, from the hyper-parameters."""
     default_optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
@@ -203,5 +209,4 @@ class LTCRegressor(pl.LightningModule):
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Step the schedule ``scheduler_steps_per_epoch`` times per epoch (1 unless reproducing the paper)."""
-        for _ in range(self.hparams.scheduler_steps_per_epoch):
-            scheduler.step() if metric is None else scheduler.step(metric)
+        step_schedule(scheduler, metric, self.hparams.scheduler_steps_per_epoch)

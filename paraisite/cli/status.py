@@ -70,6 +70,7 @@ def run_status(args: argparse.Namespace) -> int:
         for dataset in datasets:
             job_root = args.sweep_dir / step / dataset
             states = [run_state(job_root / f"seed{seed}") for seed in seeds]
+            progress = ""
             for job in sorted(job_root.glob("seeds*")):
                 record = read_status(job / "ensemble.json") or {}
                 if record.get("status") == "running":
@@ -79,14 +80,12 @@ def run_status(args: argparse.Namespace) -> int:
                         state if seed in members and old == "pending" else old
                         for seed, old in zip(seeds, states, strict=True)
                     ]
+                epoch = _last_epoch(job)
+                if epoch is not None and "completed" not in states:
+                    progress = f"  ({job.name}: {epoch} epochs logged)"
             counts = {state: states.count(state) for state in dict.fromkeys(states)}
             for state, count in counts.items():
                 totals[state] = totals.get(state, 0) + count
-            progress = ""
-            for job in sorted(job_root.glob("seeds*")):
-                epoch = _last_epoch(job)
-                if epoch is not None and "completed" not in counts:
-                    progress = f"  ({job.name}: {epoch} epochs logged)"
             summary = ", ".join(f"{count} {state}" for state, count in counts.items())
             print(f"{step:6} {dataset:9} {summary}{progress}")
     print("total: " + ", ".join(f"{count} {state}" for state, count in totals.items()))

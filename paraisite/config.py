@@ -41,4 +41,7 @@ def load_group_option(group: str, name: str) -> DictConfig:
     path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(f"no {group} config {name!r}; valid: {', '.join(group_options(group))}")
-    return OmegaConf.load(path)
+    option = OmegaConf.load(path)
+    if not isinstance(option, DictConfig):
+        raise TypeError(f"{path}: a config option must be a mapping, not a list")
+    return option

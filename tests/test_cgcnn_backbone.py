@@ -17,8 +17,8 @@ from paraisite.data.cgcnn_graph import CGCNN_REPO, CGCNNGraphBuilder
 from paraisite.data.graphs import GraphError, build_graphs, collate_item
 from paraisite.data.sources import CrystalRecord
 from paraisite.evaluation.cross import predict_loader
+from paraisite.evaluation.metrics import ltc_metrics
 from paraisite.models.cgcnn import CGCNN_MODELS, CGCNNBackbone, load_cgcnn_pretrained
-from paraisite.training.metrics import ltc_metrics
 from paraisite.training.module import LTCRegressor
 from paraisite.training.train import build_datamodule, build_model, init_weights, train
 from paraisite.zoo.applicability import load_applicability

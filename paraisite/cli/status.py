@@ -6,6 +6,7 @@ import argparse
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 from paraisite.training.record import read_status
 
@@ -32,9 +33,9 @@ def _seeds(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
-def _alive(pid: object) -> bool:
+def _alive(pid: Any) -> bool:
     try:
-        os.kill(int(pid), 0)  # type: ignore[arg-type]
+        os.kill(int(pid), 0)
     except (OSError, TypeError, ValueError):
         return False
     return True

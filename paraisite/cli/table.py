@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from rich.console import Console
@@ -89,7 +90,7 @@ def _log_to_new_wandb_run(cells: pd.DataFrame, heatmap: Path, runs: pd.DataFrame
     from paraisite.config import wandb_offline
 
     group = ",".join(sorted(runs["group"].dropna().astype(str).unique())) or None
-    mode = "offline" if wandb_offline() else "online"
+    mode: Literal["offline", "online"] = "offline" if wandb_offline() else "online"
     wandb.init(project="paraisite", group=group, job_type="table", mode=mode, dir=str(out_dir))
     try:
         table.log_to_wandb(cells, heatmap)

@@ -44,9 +44,9 @@ def _first_unique(images: np.ndarray, tolerance: float, kept: np.ndarray | None 
     ``kept`` holds positions kept before these images. Keeping image ``i`` blocks every image equal to it, so an
     image is kept exactly when no earlier kept one (or ``kept``) blocks it.
     """
-    blocked = np.zeros(len(images), dtype=bool)
+    blocked: np.ndarray = np.zeros(len(images), dtype=bool)
     if kept is not None and len(kept):
-        blocked = _matches(kept, images, tolerance).any(axis=1)
+        blocked = np.asarray(_matches(kept, images, tolerance).any(axis=1))
     equal = _matches(images, images, tolerance)
     chosen = []
     for index in range(len(images)):
@@ -69,7 +69,7 @@ class FastCifParser(CifParser):
         """Symmetry-equivalent positions of each site, first occurrence kept, in pymatgen's order."""
         operations = self.symmetry_operations
         if magmoms or any(isinstance(op, MagSymmOp) for op in operations):
-            return super()._unique_coords(coords, magmoms, lattice, labels)
+            return super()._unique_coords(list(coords), magmoms, lattice, labels)
         labels = labels or {}
         affine = np.stack([op.affine_matrix for op in operations])
         # images[s, k]: site s under operation k, wrapped into [0, 1) as pymatgen does (x - floor(x))
@@ -77,12 +77,13 @@ class FastCifParser(CifParser):
         images = images - np.floor(images)
         owner = np.repeat(np.arange(len(coords)), len(operations))
         if len(images) <= MAX_PAIRWISE_IMAGES:
-            chosen = _first_unique(images, self._site_tolerance)
+            chosen = _first_unique(images, self._site_tolerance)  # type: ignore[attr-defined]  # set by from_str
         else:  # site by site, against the positions kept so far
             chosen_parts, kept = [], np.empty((0, 3))
             for site_index in range(len(coords)):
                 offset = site_index * len(operations)
-                part = offset + _first_unique(images[owner == site_index], self._site_tolerance, kept)
+                tolerance = self._site_tolerance  # type: ignore[attr-defined]  # set by CifParser.from_str
+                part = offset + _first_unique(images[owner == site_index], tolerance, kept)
                 chosen_parts.append(part)
                 kept = np.concatenate([kept, images[part]])
             chosen = np.concatenate(chosen_parts)
@@ -116,7 +117,8 @@ def check_cif_occupancies(parser: CifParser, source: str | Path) -> None:
     Raises:
         CifOccupancyError: naming ``source``, the site label and the value.
     """
-    for block in parser._cif.data.values():  # the parsed CIF blocks (pymatgen keeps them on the parser)
+    # the parsed CIF blocks: pymatgen keeps them on the parser (set in from_str, so unknown to its type information)
+    for block in parser._cif.data.values():  # type: ignore[attr-defined]
         occupancies = block.data.get("_atom_site_occupancy")
         if occupancies is None:
             continue

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pooch
 
@@ -69,7 +70,11 @@ class _RepositoryLayout:
     """Cache and mirror names of a file of repository ``repo`` at ``path`` (host and commit dropped)."""
 
     repo: str
-    path: str
+    if TYPE_CHECKING:  # a dataclass field in UpstreamFile, a property in ReleaseAsset
+
+        @property
+        def path(self) -> str:
+            """Path of the file under its repository."""
 
     @property
     def key(self) -> str:
@@ -264,6 +269,7 @@ def fetch_entry(
     except ValueError as error:
         if "hash" not in str(error).lower():
             raise
+        source: str | Path
         if mirror_root:
             source, actual = entry.mirror_path(mirror_root), sha256sum(entry.mirror_path(mirror_root))
         else:

@@ -30,6 +30,9 @@ def decode_tc(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class TargetScaler(nn.Module):
     """TC (W/mK) <-> standardised log10(TC+1). Buffers are saved in checkpoints."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
         if not std > 0:

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from paraisite.data.datamodule import LTCDataModule
-from paraisite.training.metrics import ltc_metrics
-from paraisite.training.module import LTCRegressor, reference_tc
+from paraisite.data.target import TargetScaler
+from paraisite.evaluation.metrics import ltc_metrics, reference_tc
+
+
+class TCModel(Protocol):
+    """What evaluation needs of a model (e.g. :class:`~paraisite.training.module.LTCRegressor`)."""
+
+    @property
+    def scaler(self) -> TargetScaler:
+        """Target statistics the model predicts with."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+
+    def eval(self) -> Any:
+        """Switch to evaluation mode."""
+
+    def predict_tc(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
+        """TC in W/mK per structure."""
 
 
 @torch.no_grad()
-def predict_loader(model: LTCRegressor, loader: Any, label_scaling: str = "consistent") -> dict[str, torch.Tensor]:
+def predict_loader(model: TCModel, loader: Any, label_scaling: str = "consistent") -> dict[str, torch.Tensor]:
     """Predicted TC, true TC and the reference TC scored against (see ``reference_tc``), in loader order."""
     model.eval()
     out: dict[str, list[torch.Tensor]] = {"pred_tc": [], "true_tc": [], "reference_tc": []}
@@ -27,7 +45,7 @@ def predict_loader(model: LTCRegressor, loader: Any, label_scaling: str = "consi
     return {k: torch.cat(v).double() for k, v in out.items()}
 
 
-def evaluate_on(model: LTCRegressor, datamodule: LTCDataModule, label_scaling: str = "consistent") -> dict[str, Any]:
+def evaluate_on(model: TCModel, datamodule: LTCDataModule, label_scaling: str = "consistent") -> dict[str, Any]:
     """Metrics of ``model`` on ``datamodule``'s validation split (same seed as the datamodule's).
 
     ``label_scaling="paper"`` scores against the original code's distorted reference TC (labels

@@ -141,7 +141,7 @@ def _failed_job(path: Path, result: dict[str, Any], error: str) -> FailedJob:
     seed = result.get("seed")
     if seed is None and (match := re.fullmatch(r"seed(\d+)", seed_dir.name)):
         seed = int(match.group(1))
-    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    data = result["data"] if isinstance(result.get("data"), dict) else {}
     return FailedJob(
         path=path,
         step=str(result.get("task_name") or step_dir.name),

@@ -8,6 +8,7 @@ Inputs are the graphs of :mod:`paraisite.data.cgcnn_graph` (one ``Data`` or a Py
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,8 @@ DEFAULT_GAUSSIAN_DMIN = 0.0
 
 class GaussianDistance(nn.Module):
     """Expands distances on Gaussians ``exp(-(d - c_k)^2 / width^2)`` with centres ``c_k = dmin + k * step``."""
+
+    centres: torch.Tensor
 
     def __init__(self, dmin: float, dmax: float, step: float) -> None:
         """Centres from ``dmin`` to ``dmax`` included, spaced and wide ``step`` (as in the original)."""
@@ -93,6 +96,8 @@ class CGCNN(nn.Module):
     non-persistent buffers, so they are not part of the state dict.
     """
 
+    atom_init_table: torch.Tensor
+
     def __init__(
         self,
         orig_atom_fea_len: int = 92,
@@ -141,7 +146,7 @@ class CGCNN(nn.Module):
         self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
         self.fcs = nn.ModuleList([nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1)])
         self.dropout = nn.Dropout(p=0.5)
-        self.fc_out = nn.Linear(h_fea_len, 2 if classification else 1)
+        self.fc_out: nn.Module = nn.Linear(h_fea_len, 2 if classification else 1)
 
     @classmethod
     def from_checkpoint_args(cls, args: Mapping[str, Any], atom_init_table: torch.Tensor | None = None) -> CGCNN:
@@ -202,7 +207,7 @@ class CGCNNModelInfo:
     log10: bool
     task: Literal["regression", "classification"]
 
-    @property
+    @builtins.property  # the field ``property`` shadows the builtin in this class body
     def output_units(self) -> str:
         """Units of what :meth:`CGCNNPretrained.predict_structures` returns."""
         return f"log10({self.units})" if self.log10 else self.units
@@ -233,7 +238,7 @@ def _numpy_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same function under numpy 1.x
     # pickled under the numpy 1.x name; allowed under that name only, with the dtype of a float64
     return [(scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64))]
 

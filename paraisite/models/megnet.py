@@ -76,7 +76,7 @@ def convert_dgl_edge_messages(megnet: MEGNet) -> None:
             weight.copy_(torch.cat([weight[:, width : 2 * width], weight[:, :width], weight[:, 2 * width :]], dim=1))
 
 
-def load_published_megnet(name: str) -> nn.Module:
+def load_published_megnet(name: str) -> Any:
     """Load a published MEGNet, converted to the current edge rule.
 
     Returns:

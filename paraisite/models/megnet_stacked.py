@@ -134,11 +134,11 @@ class StackedMEGNet(nn.Module):
     graphs = staticmethod(StackedGraphs.from_batches)
 
     @property
-    def template(self) -> nn.Module:
-        """The layer structure shared by all members."""
+    def template(self) -> Any:
+        """The layer structure shared by all members (a matgl ``MEGNet``, untyped: see pyproject's mypy section)."""
         return self._template[0]
 
-    def _mlp(self, module: nn.Module, name: str, x: torch.Tensor, offsets: list[int] | None = None) -> torch.Tensor:
+    def _mlp(self, module: Any, name: str, x: torch.Tensor, offsets: list[int] | None = None) -> torch.Tensor:
         layers = module.layers
         return stacked_sequential(layers, f"megnet.{name}.layers", self.params, x, self.training, offsets=offsets)
 
@@ -203,7 +203,7 @@ class StackedMEGNet(nn.Module):
 
     def _edge_update(
         self,
-        mlp: nn.Module,
+        mlp: Any,
         prefix: str,
         graphs: StackedGraphs,
         node: torch.Tensor,

@@ -10,7 +10,7 @@ each member is saved as an ordinary single-model checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -97,7 +97,7 @@ def ragged_linear(
 
 
 def stacked_sequential(
-    layers: nn.Module,
+    layers: Iterable[nn.Module],
     prefix: str,
     params: StackedParameters,
     x: torch.Tensor,

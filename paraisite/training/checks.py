@@ -60,7 +60,7 @@ def check_run_config(cfg: DictConfig) -> None:
     need(_integer(_get(cfg, "seed")), "seed", "an integer")
     seeds = _get(cfg, "seeds")
     if seeds is not None:
-        values = seeds if isinstance(seeds, list) else None
+        values: list[Any] = seeds if isinstance(seeds, list) else []  # not a list: refused below
         need(
             bool(values) and all(_integer(s) for s in values) and len(set(values)) == len(values),
             "seeds",

@@ -9,6 +9,7 @@ summation order differs from the plain runs. Each member is written as an ordina
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -25,9 +26,9 @@ from paraisite.data.cache import atomic_write
 from paraisite.data.datamodule import GraphDataset, LTCDataModule
 from paraisite.data.sampling import epoch_order
 from paraisite.data.target import decode_tc
+from paraisite.evaluation.metrics import ltc_metrics, reference_tc
 from paraisite.models.stacked import StackedParameters, stacked_sequential
-from paraisite.training.metrics import ltc_metrics
-from paraisite.training.module import LTCRegressor, build_optimizers, ltc_loss, reference_tc, step_schedule
+from paraisite.training.module import LTCRegressor, build_optimizers, ltc_loss, step_schedule
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,11 @@ class EnsembleDataModule(pl.LightningDataModule):
             raise ValueError(f"ensemble members need one batch size, got {sorted(sizes)}")
         self.batch_size = sizes.pop()
 
-    def _loader(self, sets: list[GraphDataset], shuffle: bool) -> DataLoader:
-        data = MemberSets(sets)
+    def _loader(self, sets: Sequence[GraphDataset | None], shuffle: bool) -> DataLoader:
+        ready = [s for s in sets if s is not None]
+        if len(ready) != len(sets):
+            raise RuntimeError("ensemble members are not set up (call setup() first)")
+        data = MemberSets(ready)
         sampler = MemberBatchSampler(MemberOrders(len(data), self.seeds, shuffle), self.batch_size)
         return DataLoader(data, batch_sampler=sampler, collate_fn=collate_members)
 
@@ -132,6 +136,9 @@ class EnsembleRegressor(pl.LightningModule):
         TypeError: the backbone has no stacked form (``stack``).
     """
 
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(self, members: Sequence[LTCRegressor]) -> None:
         super().__init__()
         if any(_shared_hparams(m) != _shared_hparams(members[0]) for m in members):
@@ -142,7 +149,7 @@ class EnsembleRegressor(pl.LightningModule):
         self.shells = list(members)  # a plain list: not submodules, not optimised
         self.backbone = backbone_cls.stack([m.backbone for m in members])
         self.head = StackedParameters([m.head for m in members])
-        self._head_template = [members[0].head]
+        self._head_template: list[Any] = [members[0].head]  # a head module with ``layers`` (e.g. MLPHead)
         self.register_buffer("target_mean", torch.stack([m.scaler.mean for m in members]).unsqueeze(1))
         self.register_buffer("target_std", torch.stack([m.scaler.std for m in members]).unsqueeze(1))
         self.settings = members[0].hparams
@@ -248,8 +255,11 @@ class MemberCheckpoint(Callback):
         """One state per ensemble."""
         return "MemberCheckpoint"
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: EnsembleRegressor) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save each member that improved."""
+        if not isinstance(pl_module, EnsembleRegressor):
+            kind = type(pl_module).__name__
+            raise TypeError(f"MemberCheckpoint saves the members of an EnsembleRegressor, not a {kind}")
         if trainer.sanity_checking or not pl_module.member_metrics["val"]:
             return
         for m, metrics in enumerate(pl_module.member_metrics["val"]):
@@ -265,7 +275,7 @@ class MemberCheckpoint(Callback):
                 "global_step": trainer.global_step,
                 "pytorch-lightning_version": pl.__version__,
             }
-            atomic_write(self.paths[m], lambda tmp, checkpoint=checkpoint: torch.save(checkpoint, tmp))
+            atomic_write(self.paths[m], functools.partial(torch.save, checkpoint))
         if self.resume_path is not None and trainer.is_global_zero:
             atomic_write(self.resume_path, trainer.save_checkpoint)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -12,32 +12,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+if TYPE_CHECKING:
+    from lightning_fabric.utilities.data import AttributeDict
+
 from paraisite.data.target import TargetScaler, decode_tc, encode_tc
-from paraisite.training.metrics import ltc_metrics
+from paraisite.evaluation.metrics import LABEL_SCALINGS, ltc_metrics, reference_tc
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("mape", "l1", "mse")
-LABEL_SCALINGS = ("consistent", "paper")
-
-
-def reference_tc(
-    tc: torch.Tensor, label_stats: torch.Tensor, model_mean: torch.Tensor, model_std: torch.Tensor, label_scaling: str
-) -> torch.Tensor:
-    """The TC a prediction is scored against.
-
-    ``consistent``: the true TC. ``paper``: the original code's flaw, reproduced on request: each label is
-    standardised with its own source's whole-dataset statistics (``label_stats`` [B, 2]) but
-    de-standardised with the model's (``model_mean``, ``model_std``), i.e.
-    ``10**(mu_model + s_model * (log10(TC+1) - mu_src) / s_src) - 1``.
-    It distorts cross-dataset tests, MIX training (per-source labels, MIX scaler) and Step III (AFLOW scaler).
-    """
-    if label_scaling == "consistent":
-        return tc
-    if label_scaling != "paper":
-        raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
-    mean, std = label_stats[:, 0].to(tc), label_stats[:, 1].to(tc)
-    return decode_tc((torch.log10(tc + 1.0) - mean) / std, model_mean, model_std)
 
 
 def ltc_loss(kind: str, z_pred: torch.Tensor, tc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -148,6 +131,12 @@ class LTCRegressor(pl.LightningModule):
             self.backbone.requires_grad_(False)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
 
+    if TYPE_CHECKING:  # Lightning types it as a MutableMapping; save_hyperparameters makes it an AttributeDict
+
+        @property
+        def hparams(self) -> AttributeDict:
+            """The hyper-parameters saved in ``__init__``."""
+
     def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
         """Standardised log10(TC+1) per structure, shape [B]."""
         features = self.backbone(graph, lattice, state_attr)
@@ -189,8 +178,9 @@ class LTCRegressor(pl.LightningModule):
         self._outputs[split] = []
         if not outputs:
             return
-        pred = self.all_gather(torch.cat([p for p, _ in outputs])).reshape(-1)
-        true = self.all_gather(torch.cat([t for _, t in outputs])).reshape(-1)
+        # all_gather of a tensor is a tensor (Lightning types it for every collection it accepts)
+        pred = cast(torch.Tensor, self.all_gather(torch.cat([p for p, _ in outputs]))).reshape(-1)
+        true = cast(torch.Tensor, self.all_gather(torch.cat([t for _, t in outputs]))).reshape(-1)
         # all_gather gives every rank the same values, so every rank logs them (callbacks read them on all ranks).
         for name, value in ltc_metrics(pred, true).items():
             self.log(f"{split}/{name}", value, on_epoch=True, sync_dist=False)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +24,7 @@ NOT_HASHED = ("paths", "threads", "logger", "callbacks", "hydra", "group", "tags
 
 def config_sha256(cfg: DictConfig) -> str:
     """sha256 of the resolved config without :data:`NOT_HASHED` and the trainer's output folder."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     kept = {key: value for key, value in resolved.items() if key not in NOT_HASHED}
     if isinstance(kept.get("trainer"), dict):
         kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k != "default_root_dir"}

@@ -11,7 +11,7 @@ import subprocess
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import pytorch_lightning as pl
@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from paraisite.checkpoints import load_checkpoint, resolve_run_checkpoint
 from paraisite.config import config_dir, load_group_option
@@ -85,7 +85,7 @@ def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataMo
 
 def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor:
     """The LightningModule from ``cfg.model`` (architecture only; weights are loaded by :func:`init_weights`)."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     backbone_cfg, head_cfg = model_cfg.pop("backbone"), model_cfg.pop("head")
     module_cls = get_class(model_cfg.pop("_target_"))
     return module_cls(
@@ -107,7 +107,8 @@ def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
     """Load published backbone weights and/or a previous paraisite checkpoint (not its target statistics)."""
     report: dict[str, Any] = {"pretrained": cfg.model.backbone.get("pretrained"), "init_from": None}
     if report["pretrained"]:
-        module.backbone.load_published(report["pretrained"])
+        backbone: Any = module.backbone  # a backbone with published weights has load_published (not yet typed)
+        backbone.load_published(report["pretrained"])
     if cfg.get("init_from"):
         try:
             path = resolve_run_checkpoint(cfg.init_from)
@@ -171,7 +172,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
 
     checkpoint = trainer.checkpoint_callback
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     final = _metrics(trainer.callback_metrics, "val/")
     result = run_record(cfg, datamodule, initialised, trainer.current_epoch, final)
     if not trainer.is_global_zero:
@@ -184,6 +185,8 @@ def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str,
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
+    if datamodule.target_stats is None:
+        raise RuntimeError(f"{datamodule.name}: no target statistics after setup()")
     model = build_model(cfg, datamodule.target_stats)
     initialised = init_weights(model, cfg)
     return datamodule, model, initialised
@@ -252,8 +255,6 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.seeds`` as one vectorised ensemble; each member ends as the plain run of its seed would."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     from paraisite.training.ensemble import EnsembleDataModule, EnsembleRegressor, MemberCheckpoint
 
     job_dir = Path(cfg.paths.output_dir)

@@ -1,0 +1,47 @@
+"""Scoring thermal conductivity: the reference TC a prediction is scored against, and the metrics over a split."""
+
+from __future__ import annotations
+
+import torch
+
+from paraisite.data.target import decode_tc
+
+#: Floor (W/mK) applied to predictions before taking log10, so a badly wrong prediction stays finite.
+LOG_FLOOR = 1e-6
+#: How labels are scored: against the true TC, or the paper's distorted reference (see :func:`reference_tc`).
+LABEL_SCALINGS = ("consistent", "paper")
+
+
+def reference_tc(
+    tc: torch.Tensor, label_stats: torch.Tensor, model_mean: torch.Tensor, model_std: torch.Tensor, label_scaling: str
+) -> torch.Tensor:
+    """The TC a prediction is scored against.
+
+    ``consistent``: the true TC. ``paper``: the original code's flaw, reproduced on request: each label is
+    standardised with its own source's whole-dataset statistics (``label_stats`` [B, 2]) but
+    de-standardised with the model's (``model_mean``, ``model_std``), i.e.
+    ``10**(mu_model + s_model * (log10(TC+1) - mu_src) / s_src) - 1``.
+    It distorts cross-dataset tests, MIX training (per-source labels, MIX scaler) and Step III (AFLOW scaler).
+    """
+    if label_scaling == "consistent":
+        return tc
+    if label_scaling != "paper":
+        raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
+    mean, std = label_stats[:, 0].to(tc), label_stats[:, 1].to(tc)
+    return decode_tc((torch.log10(tc + 1.0) - mean) / std, model_mean, model_std)
+
+
+def ltc_metrics(pred_tc: torch.Tensor, true_tc: torch.Tensor) -> dict[str, float]:
+    """MAPE of TC (a fraction), MAE and RMSE of log10 TC, and R2 of log10 TC."""
+    pred_tc, true_tc = pred_tc.double().flatten(), true_tc.double().flatten()
+    mape = torch.mean(torch.abs(pred_tc - true_tc) / true_tc)
+    log_pred, log_true = torch.log10(pred_tc.clamp_min(LOG_FLOOR)), torch.log10(true_tc)
+    error = log_pred - log_true
+    total = torch.sum((log_true - log_true.mean()) ** 2)
+    r2 = 1.0 - torch.sum(error**2) / total if total > 0 else torch.tensor(float("nan"))
+    return {
+        "mape": float(mape),
+        "mae_log10": float(error.abs().mean()),
+        "rmse_log10": float(torch.sqrt(torch.mean(error**2))),
+        "r2_log10": float(r2),
+    }

@@ -18,7 +18,7 @@ TRAINER ?= $(if $(HAS_GPU),gpu,cpu)
 SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
 	callbacks.progress_bar=null
 
-.PHONY: help install train test test-fast lint format reproduce status table benchmark clean
+.PHONY: help install check train test test-fast lint format reproduce status table benchmark clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,8 +28,18 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install torch; else $(BIN)/pip install "$(TORCH_SPEC)"; fi
 
-install: $(BIN)/python ## Create .venv and install paraisite with its dev tools
+# The editable install is redone only when pyproject.toml changed (or the venv was created): a stamp file.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install paraisite with its dev tools (again only if pyproject.toml changed)
+
+check: install ## Fast static checks (CI runs them before the tests): ruff, format, mypy, import layers
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 train: install ## Run the default training job (Dataset2, pretrained MEGNet, CPU)
 	$(BIN)/paraisite-train

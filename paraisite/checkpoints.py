@@ -157,6 +157,23 @@ def check_targets(hyper_parameters: Any, source: str | os.PathLike) -> None:
         check_target(target, where, source)
 
 
+#: Checkpoint entry of int8-stored weight matrices (``{name: {"q": int8 [R, C], "scale": float32 [R, ceil(C / g)],
+#: "group": g}}``, one scale per group of ``g`` consecutive input columns), written by
+#: :func:`paraisite.zoo.shipping.quantise_state_dict` for the ensembles shipped in the package.
+INT8_KEY = "paraisite_int8"
+
+
+def dequantised(entries: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Float32 weights of an :data:`INT8_KEY` entry: ``q`` times the scale of each group of input columns."""
+    weights = {}
+    for name, entry in entries.items():
+        q, scale, group = entry["q"], entry["scale"], entry["group"]
+        if q.dtype != torch.int8 or q.ndim != 2 or scale.shape != (q.shape[0], -(-q.shape[1] // max(group, 1))):
+            raise ValueError(f"int8 weight {name!r}: expected int8 [R, C] with [R, ceil(C / {group})] scales")
+        weights[name] = q.float() * scale.float().repeat_interleave(group, dim=1)[:, : q.shape[1]]
+    return weights
+
+
 def load_ltc_checkpoint(
     path: str | os.PathLike, *, expected_sha256: str | None = None
 ) -> tuple[LTCRegressor, dict[str, Any]]:
@@ -178,6 +195,7 @@ def load_ltc_checkpoint(
         raise CheckpointTrustError(f"{path}: not a paraisite LTC checkpoint (no hyper_parameters/state_dict)")
     check_targets(hyper_parameters, path)
     try:
+        state_dict = {**state_dict, **dequantised(checkpoint.get(INT8_KEY, {}))}
         model = LTCRegressor(**hyper_parameters)
         model.load_state_dict(state_dict, strict=True)
     except Exception as error:

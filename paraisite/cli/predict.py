@@ -74,7 +74,7 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
         "--max-percentile",
         type=float,
         default=DEFAULT_MAX_PERCENTILE,
-        help="in_domain needs latent_percentile <= this (default %(default)s)",
+        help="in_domain also needs latent_percentile <= this (default %(default)s: elements only)",
     )
 
 

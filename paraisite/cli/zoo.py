@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", help="bundle directory to create")
     export.add_argument("--install", action="store_true", help="install it in <cache>/zoo/<name> (too)")
     export.set_defaults(func=run_export)
+    ship = actions.add_parser(
+        "ship", help="pack a sweep's ensemble into the package (int8 weights), with measured calibration and domain"
+    )
+    ship.add_argument("sweep", help="sweep directory (searched recursively for metrics.json)")
+    ship.add_argument("--step", required=True, help="task name of the runs, e.g. step3")
+    ship.add_argument("--dataset", required=True, help="dataset name of the runs, e.g. MIX")
+    ship.add_argument("--name", required=True, help="zoo name, e.g. ltc-step3-mix")
+    ship.add_argument(
+        "--cross", nargs="*", default=[], help="datasets no member trained on, for held-out figures (e.g. Dataset1)"
+    )
+    ship.add_argument("-o", "--output", help="directory to create (default: paraisite/zoo/models/<name>)")
+    ship.add_argument("--evidence", help="directory for the per-row CSVs behind the figures")
+    ship.set_defaults(func=run_ship)
     publish = actions.add_parser("publish", help="pack a bundle for a release and print its published.tsv row")
     publish.add_argument("bundle", help="bundle directory (from `zoo export -o`)")
     publish.add_argument("--repo", required=True, help="GitHub repository of the release, OWNER/NAME")
@@ -53,20 +67,24 @@ def _stored_score(entry: ZooEntry) -> str | None:
 
 
 def _status(entry: ZooEntry, published: Collection[str]) -> str:
+    from paraisite.zoo.shipping import shipped_bundle_dir
+
+    installed = installed_bundle_dir(entry.name)
+    if is_bundle(installed):
+        members = read_bundle(installed).members
+        mapes = [member.val_mape for member in members if member.val_mape is not None]
+        mape = f", val MAPE {sum(mapes) / len(mapes):.3f}" if mapes else ""
+        return f"installed ({len(members)} members{mape})"
+    if is_bundle(shipped_bundle_dir(entry.name)):
+        return "shipped (offline)"
     if entry.family == "cgcnn" or entry.name in published:
         return "published"
-    installed = installed_bundle_dir(entry.name)
-    if not is_bundle(installed):
-        return "not yet published"
-    members = read_bundle(installed).members
-    mapes = [member.val_mape for member in members if member.val_mape is not None]
-    mape = f", val MAPE {sum(mapes) / len(mapes):.3f}" if mapes else ""
-    return f"installed ({len(members)} members{mape})"
+    return "not yet published"
 
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the zoo as a table: name, property, units, references, errors, status."""
-    from paraisite.zoo.catalog import CATALOG
+    from paraisite.zoo.catalog import catalog
     from paraisite.zoo.published import published_bundles
 
     published = published_bundles()
@@ -74,7 +92,7 @@ def run_list(args: argparse.Namespace) -> int:
     table.add_column("name", no_wrap=True)
     for column in ("property", "units", "data ref.", "model ref.", "published error", "in file", "status"):
         table.add_column(column, overflow="fold")
-    for entry in CATALOG.values():
+    for entry in catalog().values():
         in_file = _stored_score(entry) or ("see card" if entry.family == "cgcnn" else "-")
         row = (entry.property, entry.units, entry.data_reference, entry.model_reference, entry.published_error)
         table.add_row(entry.name, *row, in_file, _status(entry, published))
@@ -102,6 +120,21 @@ def run_export(args: argparse.Namespace) -> int:
     console.print(f"bundle {bundle.name}: {len(bundle.members)} members (seeds {seeds}) in {bundle.root}")
     if args.output and args.install:
         console.print(f"installed in {install_bundle(bundle.root)}")
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    """Pack a shipped ensemble and print its measured figures."""
+    from paraisite.zoo.shipping import ship_ensemble
+
+    path = ship_ensemble(
+        args.sweep, args.step, args.dataset, args.name, args.cross, output=args.output, evidence=args.evidence
+    )
+    figures = json.loads(path.read_text())["figures"]
+    Console(stderr=True).print(
+        f"{args.name}: {path.parent} (val MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), "
+        f"largest change from int8 weights {figures['max_abs_change']:.4f})"
+    )
     return 0
 
 

@@ -52,14 +52,30 @@ CGCNN_PUBLISHED_MAE: dict[str, str] = {
 #: Validation MAPE, mean (sample std) over 9 seeds each scored on its own split, of the quick-profile ensembles
 #: this project trained on 2 CPU cores (``experiments/zoo-quick``): measured, but not the full-profile models.
 QUICK_ENSEMBLE_MAPE: dict[str, str] = {"Dataset1": "0.446 (0.110)", "Dataset2": "0.300 (0.099)", "MIX": "0.450 (0.072)"}
-#: Single-checkpoint and ensemble LTC columns.
+#: Single-checkpoint and ensemble LTC columns; calibrated ensembles add the interval columns.
 LTC_COLUMNS = ("tc_W_per_mK",)
 LTC_ENSEMBLE_COLUMNS = ("tc_mean_W_per_mK", "tc_std_W_per_mK", "tc_rel_std")
-#: Fine-tuning datasets of the ensembles: short name for the table, description for the card.
+LTC_INTERVAL_COLUMNS = ("tc_low_W_per_mK", "tc_high_W_per_mK", "interval_level")
+#: Training datasets of the ensembles: short name for the table, description for the card.
 LTC_DATASETS = {
     "Dataset1": ("Dataset1 (L96)", "Dataset1 (L96): 95 binary compounds, ab-initio LTC"),
     "Dataset2": ("Dataset2 (HH143)", "Dataset2 (HH143): 143 half-Heuslers, ab-initio LTC"),
     "MIX": ("MIX (Dataset1 + Dataset2)", "MIX: Dataset1 + Dataset2, 238 crystals, ab-initio LTC"),
+    "AFLOW": ("AFLOW AGL", "AFLOW: 3,643 usable crystals with AGL (Debye-Grueneisen) LTC, low fidelity, broad scope"),
+}
+#: Which ensemble to use for which crystals (the card's recommendation), by training dataset.
+LTC_RECOMMENDATION = {
+    "Dataset1": "simple binary compounds (rocksalt, zincblende, wurtzite and similar), like Dataset1's",
+    "Dataset2": "half-Heusler (XYZ, F-43m) compounds: the lowest error of all ensembles, on their own family only",
+    "MIX": "the default for a crystal that is neither clearly a half-Heusler nor a simple binary",
+    "AFLOW": "screening broad chemistries: it saw 3,643 crystals, but AGL values, not ab-initio ones",
+}
+#: Ensembles the zoo names, by ``step/dataset``, whether or not they are shipped yet.
+PLANNED_LTC = {
+    "ltc-step3-dataset1": "step3/Dataset1",
+    "ltc-step3-dataset2": "step3/Dataset2",
+    "ltc-step3-mix": "step3/MIX",
+    "ltc-step2-aflow": "step2/AFLOW",
 }
 
 
@@ -130,37 +146,67 @@ def _cgcnn_entries() -> list[ZooEntry]:
     ]
 
 
+def _ltc_entry(name: str, origin: str, measured: str) -> ZooEntry:
+    step, dataset = origin.split("/")
+    steps = {"step1": "ParAIsite Step I", "step2": "ParAIsite Step II", "step3": "ParAIsite Step III"}
+    return ZooEntry(
+        name=name,
+        family="ltc-ensemble",
+        property="lattice thermal conductivity",
+        units="W/mK",
+        columns=LTC_ENSEMBLE_COLUMNS,
+        data_reference=LTC_DATASETS.get(dataset, (dataset,))[0] + ("; AFLOW AGL (Step II)" if step == "step3" else ""),
+        model_reference=f"{steps.get(step, step)}; MEGNet (Chen et al. 2019)",
+        published_error=measured,
+        origin=origin,
+    )
+
+
 def _ltc_entries() -> list[ZooEntry]:
+    from paraisite.zoo.shipping import shipped_manifests
+
     published = published_bundles()
-    return [
-        ZooEntry(
-            name=name,
-            family="ltc-ensemble",
-            property="lattice thermal conductivity",
-            units="W/mK",
-            columns=LTC_ENSEMBLE_COLUMNS,
-            data_reference=f"{short}; AFLOW AGL (Step II)",
-            model_reference="ParAIsite Step III; MEGNet (Chen et al. 2019)",
-            published_error=(
-                published[name].measured_error
-                if name in published
-                else f"not yet published; quick-profile ensemble: MAPE {QUICK_ENSEMBLE_MAPE[dataset]}"
-            ),
-            origin=f"step3/{dataset}",
-        )
-        for dataset, (short, _description) in LTC_DATASETS.items()
-        for name in [f"ltc-step3-{dataset.lower()}"]
-    ]
+    shipped = shipped_manifests()
+    origins = dict(PLANNED_LTC)
+    origins.update({name: f"{manifest['step']}/{manifest['dataset']}" for name, manifest in shipped.items()})
+    entries = []
+    for name, origin in sorted(origins.items()):
+        dataset = origin.split("/")[1]
+        if name in published:
+            measured = published[name].measured_error
+        elif name in shipped:
+            measured = shipped_error(shipped[name])
+        elif origin.startswith("step3/"):
+            measured = f"not yet published; quick-profile ensemble: MAPE {QUICK_ENSEMBLE_MAPE[dataset]}"
+        else:
+            measured = "not yet published"
+        entries.append(_ltc_entry(name, origin, measured))
+    return entries
 
 
-CATALOG: dict[str, ZooEntry] = {entry.name: entry for entry in (*_cgcnn_entries(), *_ltc_entries())}
+def shipped_error(manifest: dict) -> str:
+    """A shipped ensemble's measured validation MAPE: mean (std) over its members, budget and protocol."""
+    figures = manifest["figures"]
+    return (
+        f"MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), {len(manifest['members'])} seeds, "
+        f"{manifest['profile']} profile, {manifest['protocol']} protocol"
+    )
+
+
+def catalog() -> dict[str, ZooEntry]:
+    """Every zoo entry by name: the CGCNN models, then the LTC ensembles (shipped, published or planned).
+
+    Read on each call (the shipped manifests and the published table), so importing this module does no work.
+    """
+    return {entry.name: entry for entry in (*_cgcnn_entries(), *_ltc_entries())}
 
 
 def get_entry(name: str) -> ZooEntry:
     """The entry of a zoo name; unknown names list the valid ones."""
-    if name not in CATALOG:
-        raise KeyError(f"unknown zoo model {name!r}; valid names: {', '.join(CATALOG)}")
-    return CATALOG[name]
+    entries = catalog()
+    if name not in entries:
+        raise KeyError(f"unknown zoo model {name!r}; valid names: {', '.join(entries)}")
+    return entries[name]
 
 
 def checkpoint_score(entry: ZooEntry) -> str:
@@ -227,9 +273,14 @@ available offline, so no latent reference exists: `latent_knn_distance` and `lat
 """
 
 
-def _ltc_status(published: PublishedBundle | None, how_to_obtain: str) -> str:
+def _ltc_status(entry: ZooEntry, shipped: dict | None, published: PublishedBundle | None) -> str:
+    if shipped is not None:
+        return (
+            f"Shipped in the package (`paraisite/zoo/models/{entry.name}/`, every member's sha256 in its manifest, "
+            "verified on each load): works offline, nothing to download."
+        )
     if published is None:
-        return f"Not yet published: {how_to_obtain}."
+        return f"Not yet published: {entry.how_to_obtain}."
     asset = published.asset
     return (
         f"Published as release asset {asset.url} (sha256 {asset.sha256}, {asset.size} bytes; mirror path "
@@ -238,35 +289,131 @@ def _ltc_status(published: PublishedBundle | None, how_to_obtain: str) -> str:
     )
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f} %"
+
+
+def _shipped_figures(manifest: dict) -> str:
+    """The card's measured sections of a shipped ensemble: errors, uncertainty, applicability."""
+    figures, calibration = manifest["figures"], manifest["calibration"]
+    lines = [
+        (
+            f"**Errors.** Validation MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), mean (std) "
+            f"over the {len(manifest['members'])} members, each on its own seed's 20 % split, with the stored weights "
+            f"({manifest['profile']} profile, {manifest['epochs']} epochs, {manifest['protocol']} protocol). The "
+            "stored weights (int8 head, float16 backbone) change a member's MAPE by at most "
+            f"{figures['max_abs_change']:.4f} (float32 mean {figures['val_mape_float32_mean']:.3f})."
+        ),
+        "",
+        (
+            "**Uncertainty.** `tc_low_W_per_mK`/`tc_high_W_per_mK` bound a 95 % interval: the members' mean of "
+            f"log10(TC+1) +- {calibration['quantiles']['0.95']:.2f} x their std, a split-conformal factor fitted on "
+            f"{calibration['rows']} out-of-bag validation rows ({calibration['fitted_on']}). Measured on held-out rows:"
+        ),
+        "",
+        "| rows | n | MAPE | Spearman(spread, error) | 68 % cov. raw / calibrated | 95 % cov. raw / calibrated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, report in manifest["uncertainty"].items():
+        lines.append(
+            f"| {name} | {report['rows']:.0f} | {report['mape']:.2f} | {report['spearman_spread_abs_error']:.2f} | "
+            f"{_percent(report['coverage_68_gaussian'])} / {_percent(report['coverage_68_calibrated'])} | "
+            f"{_percent(report['coverage_95_gaussian'])} / {_percent(report['coverage_95_calibrated'])} |"
+        )
+    lines += [
+        "",
+        (
+            "Own-validation coverage after calibration is cross-fitted (each fold calibrated on the others). "
+            "Cross-dataset rows are crystals of another family: there the intervals are too narrow, which is what "
+            "`in_domain` is for."
+        ),
+    ]
+    domain = manifest.get("domain") or {}
+    if domain:
+        lines += [
+            "",
+            _domain_rule(next(iter(domain.values()))["max_percentile"]),
+            "",
+            "| rows | in domain | out of domain | MAPE in | MAPE out | out / in |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, report in domain.items():
+            lines.append(
+                f"| {name} | {report['rows_in']:.0f} | {report['rows_out']:.0f} | {report['mape_in']:.2f} | "
+                f"{report['mape_out']:.2f} | {report['mape_ratio_out_in']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def _domain_rule(max_percentile: float) -> str:
+    latent = (
+        "(the latent percentile is reported, not used: on crystals of other datasets a threshold on it did not "
+        "separate good from bad predictions; see `experiments/ltc-zoo/domain.md`)"
+        if max_percentile >= 100
+        else f"and `latent_percentile` <= {max_percentile:.0f}"
+    )
+    return (
+        f"**Applicability.** `in_domain` is true when no element is unseen {latent}. Errors of the rows it flags, on "
+        "crystals of datasets no member trained on (AFLOW errors are against AGL values, a lower-fidelity model):"
+    )
+
+
 def _ltc_card(entry: ZooEntry) -> str:
-    status = _ltc_status(published_bundles().get(entry.name), entry.how_to_obtain)
+    from paraisite.zoo.shipping import shipped_manifests
+
+    shipped = shipped_manifests().get(entry.name)
+    status = _ltc_status(entry, shipped, published_bundles().get(entry.name))
+    step, dataset = entry.step, entry.dataset
+    if step == "step3":
+        what = (
+            "initialised from the published MEGNet-MP-2018.6.1-Eform weights, trained on AFLOW AGL conductivities "
+            f"(Step II), then fine-tuned with an MLP head on {dataset} (Step III)"
+        )
+    else:
+        what = f"initialised from the published MEGNet-MP-2018.6.1-Eform weights and trained on {dataset} (Step II)"
+    if shipped is not None:
+        errors = _shipped_figures(shipped)
+    elif step == "step3":
+        errors = (
+            "**Errors.** Measured for the quick-profile ensemble (9 seeds, 25 epochs, AFLOW subsampled to 400 "
+            f"crystals; `experiments/zoo-quick`): validation MAPE {QUICK_ENSEMBLE_MAPE[dataset]}, mean (std) over the "
+            "members, each on its own seed's 20 % split. A published full-profile ensemble states its own figure "
+            "under Status."
+        )
+    else:
+        errors = "**Errors.** Not measured yet for this ensemble."
+    description = LTC_DATASETS.get(dataset, (dataset, dataset))[1]
+    training = description
+    if step == "step3":
+        training += f", after AFLOW AGL lattice thermal conductivities (Step II, {AFLOW_AGL})"
     return f"""# {entry.name}
 
 **Status.** {status}
 
-**What.** An ensemble of {ENSEMBLE_SEEDS} ParAIsite Step III models (seeds 1-{ENSEMBLE_SEEDS}) predicting the
-lattice thermal conductivity (W/mK) of a crystal. Each member is a MEGNet backbone ({MEGNET_PAPER}) initialised
-from the published MEGNet-MP-2018.6.1-Eform weights, trained on AFLOW AGL conductivities (Step II), then fine-tuned
-with an MLP head on {entry.dataset} (Step III), with the split of its seed.
+**Use it for.** {LTC_RECOMMENDATION.get(dataset, "see the errors below")}.
 
-**Errors.** Measured for the quick-profile ensemble (9 seeds, 25 epochs, AFLOW subsampled to 400 crystals;
-`experiments/zoo-quick`): validation MAPE {QUICK_ENSEMBLE_MAPE[entry.dataset]}, mean (std) over the members, each on
-its own seed's 20 % split. A published full-profile ensemble states its own figure under Status.
+**What.** An ensemble of {ENSEMBLE_SEEDS} ParAIsite models (seeds 1-{ENSEMBLE_SEEDS}) predicting the lattice thermal
+conductivity (W/mK) of a crystal. Each member is a MEGNet backbone ({MEGNET_PAPER}) {what}, with the split of its
+seed.
+
+{errors}
 
 **Output.** `tc_mean_W_per_mK` (mean over the members), `tc_std_W_per_mK` (population std over the members, the
-paper's scan statistic: model spread, not measurement noise) and `tc_rel_std` = std / mean.
+paper's scan statistic: model spread, not measurement noise) and `tc_rel_std` = std / mean; calibrated ensembles add
+`tc_low_W_per_mK`, `tc_high_W_per_mK` and `interval_level` (0.95).
 
-**Training data.** {LTC_DATASETS[entry.dataset][1]}, after AFLOW AGL lattice thermal conductivities (Step II,
-{AFLOW_AGL}); the published MEGNet weights were trained on formation energies of the {MATERIALS_PROJECT}.
+**Training data.** {training}; the published MEGNet weights were trained on formation energies of the
+{MATERIALS_PROJECT}.
 
-**Bundle.** A directory with `manifest.json` (name, step, dataset, protocol, profile, paraisite version, and per
-member: file, sha256, seed, validation MAPE) and the members' `.ckpt` files. Every sha256 is verified before
-loading; a mismatch is refused.
+**Bundle.** A directory with `manifest.json` (name, step, dataset, protocol, profile, paraisite version, measured
+figures, and per member: file, sha256, seed, validation MAPE) and the members' `.ckpt` files. Every sha256 is verified
+before loading; a mismatch is refused.
 
-**How to cite.** {PARAISITE_PAPER}; {MEGNET_PAPER}; and the data: {LTC_DATASETS[entry.dataset][1]} (as
-distributed by liudakl/ParAIsite), {AFLOW_AGL}.
+**How to cite.** {PARAISITE_PAPER}; {MEGNET_PAPER}; and the data: {description} (as distributed by liudakl/ParAIsite),
+{AFLOW_AGL}.
 
-**Limitations.** Trained on a few hundred crystals at most: check `unseen_elements` and `latent_percentile`. The
-applicability reference is each member's fine-tuning training split (elements: union over members; distances and
-percentiles: mean over members). The targets are log10(TC + 1): relative errors matter more than absolute ones.
+**Limitations.** Trained on a few hundred crystals at most (AFLOW: a few thousand low-fidelity values): check
+`unseen_elements`, `latent_percentile` and `in_domain`. The applicability reference is each member's training split
+(elements: union over members; distances and percentiles: mean over members). The targets are log10(TC + 1):
+relative errors matter more than absolute ones.
 """

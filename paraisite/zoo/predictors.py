@@ -26,11 +26,12 @@ from torch import nn
 
 from paraisite.checkpoints import load_ltc_checkpoint, resolve_run_checkpoint
 from paraisite.data.graphs import collate_item
+from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.training.module import LTCRegressor
 from paraisite.zoo.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
-from paraisite.zoo.catalog import CATALOG, LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS
+from paraisite.zoo.catalog import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS, catalog
 from paraisite.zoo.published import fetch_bundle, published_bundles
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class Predictions:
         outputs: value column -> ``[B]`` array.
         knn_distance: ``[B]`` latent kNN distances, ``None`` without a latent reference.
         percentile: ``[B]`` percentiles (0-100) of those distances in the training distribution.
+        member_tc: ``[M, B]`` TC (W/mK) of each member of an LTC model, ``None`` for other models.
     """
 
     outputs: dict[str, np.ndarray]
     knn_distance: np.ndarray | None = None
     percentile: np.ndarray | None = None
+    member_tc: np.ndarray | None = None
 
 
 class Predictor(ABC):
@@ -121,8 +124,12 @@ class LTCPredictor(Predictor):
 
     Applicability: elements are the union of the members' training elements; kNN distances and percentiles are
     computed per member in its own latent space and averaged. Without a reference in every member, the
-    applicability columns stay empty.
+    applicability columns stay empty. A ``calibration`` (ensembles) adds the 95 % interval columns
+    ``tc_low_W_per_mK``, ``tc_high_W_per_mK`` and ``interval_level``.
     """
+
+    #: Nominal level of the interval columns.
+    interval_level = 0.95
 
     def __init__(
         self,
@@ -130,6 +137,7 @@ class LTCPredictor(Predictor):
         models: Sequence[LTCRegressor],
         references: Sequence[ApplicabilityReference | None],
         ensemble: bool,
+        calibration: Calibration | None = None,
     ) -> None:
         """Members share one graph-builder config (refused otherwise); ``references`` align with ``models``."""
         graphs = [model.hparams.graph for model in models]
@@ -139,7 +147,10 @@ class LTCPredictor(Predictor):
         self.models = [model.eval() for model in models]
         self.builder = instantiate(graphs[0])
         self.ensemble = ensemble
+        self.calibration = calibration if ensemble else None
         self.columns = LTC_ENSEMBLE_COLUMNS if ensemble else LTC_COLUMNS
+        if self.calibration is not None:
+            self.columns += LTC_INTERVAL_COLUMNS
         self.references = list(references) if all(ref is not None for ref in references) else None
         if self.references is None:
             log.warning("%s: no applicability reference in (every) checkpoint; applicability columns stay empty", name)
@@ -164,17 +175,25 @@ class LTCPredictor(Predictor):
         if self.ensemble:
             mean, std = tc.mean(axis=0), tc.std(axis=0)
             values = dict(zip(LTC_ENSEMBLE_COLUMNS, (mean, std, std / mean), strict=True))
+            if self.calibration is not None:
+                low, high = self.calibration.interval(tc, self.interval_level)
+                level = np.full_like(mean, self.interval_level)
+                values.update(zip(LTC_INTERVAL_COLUMNS, (low, high, level), strict=True))
         else:
             values = {LTC_COLUMNS[0]: tc[0]}
         if self.references is None or not all(ref.has_latents for ref in self.references):
-            return Predictions(values)
+            return Predictions(values, member_tc=tc)
         distances = [ref.knn_distance(z) for ref, z in zip(self.references, member_latents, strict=True)]
         percentiles = [ref.percentile(d) for ref, d in zip(self.references, distances, strict=True)]
-        return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0))
+        return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0), member_tc=tc)
 
 
 def load_checkpoints(
-    name: str, paths: Sequence[Path], ensemble: bool, sha256s: Sequence[str] | None = None
+    name: str,
+    paths: Sequence[Path],
+    ensemble: bool,
+    sha256s: Sequence[str] | None = None,
+    calibration: Calibration | None = None,
 ) -> LTCPredictor:
     """LTC checkpoints (with their applicability references, if any) as one predictor.
 
@@ -186,11 +205,34 @@ def load_checkpoints(
         model, checkpoint = load_ltc_checkpoint(path, expected_sha256=None if sha256s is None else sha256s[index])
         models.append(model)
         references.append(applicability_from_checkpoint(checkpoint, path))
-    return LTCPredictor(name, models, references, ensemble)
+    return LTCPredictor(name, models, references, ensemble, calibration)
 
 
 def _bundle_predictor(name: str, bundle: Bundle) -> LTCPredictor:
-    return load_checkpoints(name, bundle.member_paths, True, [member.sha256 for member in bundle.members])
+    stored = bundle.manifest.get("calibration")
+    calibration = None if stored is None else Calibration.from_dict(stored, str(bundle.root / "manifest.json"))
+    sha256s = [member.sha256 for member in bundle.members]
+    return load_checkpoints(name, bundle.member_paths, True, sha256s, calibration)
+
+
+def zoo_bundle(name: str, unavailable_message: str) -> Bundle:
+    """The verified bundle of zoo ensemble ``name``.
+
+    Looked up in this order: a bundle the user installed in ``<cache>/zoo/<name>`` (their explicit choice), the
+    ensemble shipped in the package, a published release archive (fetched and verified).
+    """
+    from paraisite.zoo.shipping import shipped_bundle_dir
+
+    installed, shipped = installed_bundle_dir(name), shipped_bundle_dir(name)
+    if is_bundle(installed):
+        log.info("%s: using the bundle installed in %s", name, installed)
+        return read_bundle(installed)
+    if is_bundle(shipped):
+        return read_bundle(shipped)
+    published = published_bundles().get(name)
+    if published is not None:
+        return fetch_bundle(published)
+    raise ModelUnavailableError(f"{unavailable_message} (looked for {installed})")
 
 
 def load_predictor(model: str | os.PathLike) -> Predictor:
@@ -203,19 +245,12 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
         paraisite.zoo.bundle.BundleIntegrityError: a bundle member does not match its sha256.
     """
     spec = str(model)
-    if spec in CATALOG:
-        entry = CATALOG[spec]
+    entries = catalog()
+    if spec in entries:
+        entry = entries[spec]
         if entry.family == "cgcnn":
             return CGCNNPredictor(entry.name, load_cgcnn_pretrained(entry.origin), entry.columns)
-        published = published_bundles().get(entry.name)
-        installed = installed_bundle_dir(entry.name)
-        if published is not None:
-            bundle = fetch_bundle(published)
-        elif is_bundle(installed):
-            bundle = read_bundle(installed)
-        else:
-            raise ModelUnavailableError(f"{entry.unavailable_message} (looked for {installed})")
-        return _bundle_predictor(entry.name, bundle)
+        return _bundle_predictor(entry.name, zoo_bundle(entry.name, entry.unavailable_message))
     path = Path(spec)
     if is_bundle(path):
         return _bundle_predictor(spec, read_bundle(path))

@@ -11,7 +11,7 @@ Files are read by :func:`paraisite.data.inputs.read_input_structure`: regular fi
 only real, ordered crystals (no bad occupancies, NaN coordinates, zero-volume cells, overlapping atoms or unknown
 elements). A file that cannot be read, graphed or predicted gets a row with its ``error`` (naming the file and the
 problem) and empty values; the run goes on. ``in_domain`` is true when no element is unseen and, where a latent
-reference exists, ``latent_percentile <= max_percentile``.
+reference exists, ``latent_percentile <= max_percentile`` (100 by default: elements only).
 
 Reading and graphing (pymatgen's CIF parser dominates the cost) run in ``workers`` processes, up to
 :data:`LOOKAHEAD` batches ahead of the model. The processes are spawned, not forked, and use one torch thread each
@@ -62,7 +62,10 @@ STRUCTURE_PATTERNS = (
     "*.res",
 )
 APPLICABILITY_COLUMNS = ("unseen_elements", "latent_knn_distance", "latent_percentile", "in_domain")
-DEFAULT_MAX_PERCENTILE = 95.0
+#: ``in_domain`` threshold on ``latent_percentile``. 100 (off): on crystals of datasets the LTC ensembles never saw,
+#: a percentile threshold did not separate good from bad predictions, while unseen elements did
+#: (``experiments/ltc-zoo/domain.md``). A lower value adds the latent check.
+DEFAULT_MAX_PERCENTILE = 100.0
 DEFAULT_BATCH_SIZE = 128
 #: Batches read ahead of the model by the worker processes.
 LOOKAHEAD = 2
@@ -235,7 +238,14 @@ def _pick(batch: Predictions, position: int) -> Predictions:
         return None if values is None else values[position : position + 1]
 
     outputs = {column: array[position : position + 1] for column, array in batch.outputs.items()}
-    return replace(batch, outputs=outputs, knn_distance=one(batch.knn_distance), percentile=one(batch.percentile))
+    member_tc = None if batch.member_tc is None else batch.member_tc[:, position : position + 1]
+    return replace(
+        batch,
+        outputs=outputs,
+        knn_distance=one(batch.knn_distance),
+        percentile=one(batch.percentile),
+        member_tc=member_tc,
+    )
 
 
 def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile: float) -> list[dict[str, Any]]:

@@ -54,9 +54,11 @@ def main(scan_csv: Path, output: Path) -> None:
     fig.savefig(output / "parity.png", dpi=130)
     spearman = paired[["tc_mean_W_per_mK", "agl_tc_W_per_mK"]].rank().corr().iloc[0, 1]
     print(f"scanned {len(scan)}, errors {len(scan) - len(ok)}, in domain {int(ok['in_domain'].astype(bool).sum())}")
-    print(f"paired with AGL: {len(paired)}; MAPE vs AGL in/out of domain {ape[inside].mean():.2f} / {ape[~inside].mean():.2f}")
-    print(f"Spearman(predicted, AGL) {spearman:.2f}; 95 % interval covers the AGL value for {100 * covered.mean():.0f} %")
-    print(f"top-50 lowest predicted (in domain): {top['tc_mean_W_per_mK'].min():.2f}-{top['tc_mean_W_per_mK'].max():.2f} W/mK")
+    print(f"paired with AGL: {len(paired)}; MAPE vs AGL in/out of domain {ape[inside].mean():.2f}", end="")
+    print(f" / {ape[~inside].mean():.2f}")
+    print(f"Spearman(predicted, AGL) {spearman:.2f}; 95 % interval covers the AGL value: {100 * covered.mean():.0f} %")
+    lowest, highest = top["tc_mean_W_per_mK"].min(), top["tc_mean_W_per_mK"].max()
+    print(f"top-50 lowest predicted (in domain): {lowest:.2f}-{highest:.2f} W/mK")
     print(f"median predicted LTC {np.median(ok['tc_mean_W_per_mK']):.2f} W/mK")
 
 

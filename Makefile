@@ -18,7 +18,7 @@ TRAINER ?= $(if $(HAS_GPU),gpu,cpu)
 SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
 	callbacks.progress_bar=null
 
-.PHONY: help install check train test test-fast lint format reproduce status table benchmark clean
+.PHONY: help install check train test test-fast lint format reproduce status table zoo benchmark clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,16 @@ status: install ## Which runs of a sweep are done, failed, running, interrupted 
 
 table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
 	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
+
+# Step III members saw AFLOW in Step II: only the other ab-initio dataset is held out from them (MIX: none).
+# The shipped models must stay within 25 MB (tests/test_shipping.py): remove the ensembles these replace first.
+ZOO_SHIP := OMP_NUM_THREADS=1 $(BIN)/paraisite zoo ship $(LOG_DIR)/$(GROUP) --evidence experiments/ltc-zoo/rows
+zoo: install ## Pack a full sweep's LTC ensembles into paraisite/zoo/models (measured): make zoo GROUP=full-cpu-clean
+	$(ZOO_SHIP) --step step2 --dataset AFLOW --name ltc-step2-aflow --cross Dataset1 Dataset2
+	$(ZOO_SHIP) --step step3 --dataset Dataset1 --name ltc-step3-dataset1 --cross Dataset2
+	$(ZOO_SHIP) --step step3 --dataset Dataset2 --name ltc-step3-dataset2 --cross Dataset1
+	$(ZOO_SHIP) --step step3 --dataset MIX --name ltc-step3-mix
+	$(BIN)/python experiments/ltc-zoo/domain_evidence.py experiments/ltc-zoo/rows
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
 	$(BIN)/python benchmarks/ensemble_throughput.py --out benchmarks/results/ensemble_throughput.json

@@ -81,6 +81,7 @@ zoo: install ## Pack a full sweep's LTC ensembles into paraisite/zoo/models (mea
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
 	$(BIN)/python benchmarks/ensemble_throughput.py --out benchmarks/results/ensemble_throughput.json
+	$(BIN)/python benchmarks/overhead_profile.py --out benchmarks/results/overhead_profile.json
 	$(BIN)/python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
 	$(BIN)/python benchmarks/predict_throughput.py --out benchmarks/results/predict_throughput.json
 	$(BIN)/python benchmarks/cgcnn_featurize.py --out benchmarks/results/cgcnn_featurize.json

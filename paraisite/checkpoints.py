@@ -9,8 +9,8 @@ A ``.ckpt`` is a pickle. Two things could run someone else's code when one is op
    (:class:`CheckpointTrustError`), naming the file and the global.
 2. **Instantiation.** The hyper-parameters of an LTC checkpoint hold Hydra ``_target_`` strings (backbone, head,
    graph builder, optimizer) that are instantiated when the model is built. :func:`check_targets` refuses any
-   target that is not a class of :data:`ALLOWED_TARGET_MODULES` before anything is instantiated, so a checkpoint
-   whose ``graph._target_`` is ``os.system`` is refused like a malicious pickle.
+   target that is not a class of :data:`ALLOWED_TARGET_MODULES` or of a ``paraisite.models`` module before anything
+   is instantiated, so a checkpoint whose ``graph._target_`` is ``os.system`` is refused like a malicious pickle.
 
 :func:`load_ltc_checkpoint` does both and builds the :class:`~paraisite.training.module.LTCRegressor` from the
 verified dictionary (the file is read once: the bytes checked are the bytes loaded).
@@ -36,14 +36,11 @@ from paraisite.safety import MAX_CHECKPOINT_BYTES, check_regular_file
 if TYPE_CHECKING:
     from paraisite.training.module import LTCRegressor
 
-#: Modules whose classes a checkpoint's ``_target_`` may name (exactly ``<module>.<Class>``).
+#: Modules whose classes a checkpoint's ``_target_`` may name (exactly ``<module>.<Class>``), besides any module
+#: directly in :data:`ALLOWED_TARGET_PACKAGE` (a new backbone module needs no entry here).
+ALLOWED_TARGET_PACKAGE = "paraisite.models"
 ALLOWED_TARGET_MODULES = frozenset(
     {
-        "paraisite.models.megnet",
-        "paraisite.models.cgcnn",
-        "paraisite.models.heads",
-        "paraisite.models.stacked",
-        "paraisite.models.megnet_stacked",
         "paraisite.data.graphs",
         "paraisite.data.cgcnn_graph",
         "torch.optim",
@@ -127,18 +124,25 @@ def _targets(config: Any, where: str) -> Iterator[tuple[str, Any]]:
             yield from _targets(value, f"{where}[{index}]")
 
 
+def _allowed_module(name: str) -> bool:
+    """``name`` is in :data:`ALLOWED_TARGET_MODULES` or a module directly in :data:`ALLOWED_TARGET_PACKAGE`."""
+    package, _, module = name.rpartition(".")
+    in_package = package == ALLOWED_TARGET_PACKAGE and module.isidentifier() and not module.startswith("_")
+    return name in ALLOWED_TARGET_MODULES or in_package
+
+
 def check_target(target: Any, where: str, source: str | os.PathLike) -> None:
     """Refuse a ``_target_`` that is not ``<allowed module>.<Class>`` naming a class defined there.
 
-    The module is imported only if it is in :data:`ALLOWED_TARGET_MODULES`; nothing else is imported or called.
+    The module is imported only if :func:`_allowed_module` accepts it; nothing else is imported or called.
     """
     if not isinstance(target, str) or "." not in target:
         raise CheckpointTrustError(f"{source}: refused: {where}._target_ is {target!r}, not a class path")
     module_name, _, attribute = target.rpartition(".")
-    if module_name not in ALLOWED_TARGET_MODULES or not attribute.isidentifier() or keyword.iskeyword(attribute):
+    if not _allowed_module(module_name) or not attribute.isidentifier() or keyword.iskeyword(attribute):
         raise CheckpointTrustError(
             f"{source}: refused: {where}._target_ {target!r} is outside the allowed modules "
-            f"({', '.join(sorted(ALLOWED_TARGET_MODULES))})"
+            f"({ALLOWED_TARGET_PACKAGE}.*, {', '.join(sorted(ALLOWED_TARGET_MODULES))})"
         )
     if attribute.startswith("_"):
         raise CheckpointTrustError(f"{source}: refused: {where}._target_ {target!r} is private")

@@ -33,6 +33,7 @@ from paraisite.data.cgcnn_graph import (
     load_atom_init_table,
 )
 from paraisite.models.architecture import check_same_architecture
+from paraisite.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def load_cgcnn_pretrained(
     )
 
 
-class CGCNNBackbone(nn.Module):
+class CGCNNBackbone(Backbone):
     """CGCNN up to the input of ``fc_out``: a batch of CGCNN graphs -> ``[B, h_fea_len]`` crystal features.
 
     Defaults are the architecture shared by the 8 published models (``atom_fea_len=64``, ``n_conv=4``,
@@ -366,6 +367,7 @@ class CGCNNBackbone(nn.Module):
     fine-tunes without it (the head has its own ``dropout``).
     """
 
+    graph_fields = ("atomic_numbers", "edge_dist", "edge_index")
     #: Constructor arguments that define the architecture (what must match a published model).
     ARCH_ARGS = ("atom_fea_len", "n_conv", "h_fea_len", "n_h", "radius", "gaussian_step", "gaussian_dmin")
 
@@ -412,8 +414,8 @@ class CGCNNBackbone(nn.Module):
         """Features ``[B, out_dim]`` of a batch from ``collate_fn_graph``; ``lattice`` and ``state_attr`` are unused."""
         return self.cgcnn.features(graph).reshape(-1, self.out_dim)
 
-    @staticmethod
-    def published_names() -> tuple[str, ...]:
+    @classmethod
+    def published_names(cls) -> tuple[str, ...]:
         """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
         return tuple(CGCNN_MODELS)
 

@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from matgl import load_model
@@ -24,6 +24,7 @@ from torch import nn
 
 from paraisite.data import registry
 from paraisite.models.architecture import check_same_architecture
+from paraisite.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def attach_positions(g: Any, lat: torch.Tensor) -> Any:
     return g
 
 
-class MEGNetBackbone(nn.Module):
+class MEGNetBackbone(Backbone):
     """MEGNet up to its penultimate layer: a structure graph -> ``out_dim`` features per structure.
 
     Defaults are the published MEGNet architecture. ``__init__`` builds random weights only; load
@@ -123,6 +124,8 @@ class MEGNetBackbone(nn.Module):
     architecture, kept in ``arch``. Elements are always ``matgl.config.DEFAULT_ELEMENTS``.
     """
 
+    graph_fields = ("node_type", "frac_coords", "pbc_offset", "edge_index")
+    stackable = True
     #: Constructor arguments that define the architecture (what must match a published model).
     ARCH_ARGS = (
         "dim_node_embedding",
@@ -187,15 +190,15 @@ class MEGNetBackbone(nn.Module):
         attach_positions(g, lat)
         return self.megnet(g, state_attr=state_attr).reshape(-1, self.out_dim)
 
-    @staticmethod
-    def stack(members: Sequence[MEGNetBackbone]) -> nn.Module:
+    @classmethod
+    def stack(cls, members: Sequence[Backbone]) -> nn.Module:
         """The members as one module computing all of them at once (ensemble training)."""
         from paraisite.models.megnet_stacked import StackedMEGNet
 
-        return StackedMEGNet(members)
+        return StackedMEGNet([cast(MEGNetBackbone, member) for member in members])
 
-    @staticmethod
-    def published_names() -> tuple[str, ...]:
+    @classmethod
+    def published_names(cls) -> tuple[str, ...]:
         """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
         return tuple(PUBLISHED_MEGNET)
 

@@ -133,7 +133,7 @@ class EnsembleRegressor(pl.LightningModule):
 
     Raises:
         ValueError: members differ in anything but their target statistics.
-        TypeError: the backbone has no stacked form (``stack``).
+        TypeError: the backbone has no stacked form (not ``stackable``).
     """
 
     target_mean: torch.Tensor
@@ -144,10 +144,10 @@ class EnsembleRegressor(pl.LightningModule):
         if any(_shared_hparams(m) != _shared_hparams(members[0]) for m in members):
             raise ValueError("ensemble members must share every hyper-parameter but their target statistics")
         backbone_cls = type(members[0].backbone)
-        if not hasattr(backbone_cls, "stack"):
+        if not backbone_cls.stackable:
             raise TypeError(f"{backbone_cls.__name__} has no stacked form; train its seeds one by one (seed=...)")
         self.shells = list(members)  # a plain list: not submodules, not optimised
-        self.backbone = backbone_cls.stack([m.backbone for m in members])
+        self.backbone: Any = backbone_cls.stack([m.backbone for m in members])  # e.g. a StackedMEGNet
         self.head = StackedParameters([m.head for m in members])
         self._head_template: list[Any] = [members[0].head]  # a head module with ``layers`` (e.g. MLPHead)
         self.register_buffer("target_mean", torch.stack([m.scaler.mean for m in members]).unsqueeze(1))

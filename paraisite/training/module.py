@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from paraisite.data.target import TargetScaler, decode_tc, encode_tc
 from paraisite.evaluation.metrics import LABEL_SCALINGS, ltc_metrics, reference_tc
+from paraisite.models.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ class LTCRegressor(pl.LightningModule):
     TC in W/mK.
 
     Args:
-        backbone: config (``_target_`` + arguments) of a module mapping ``(graph, lattice, state)`` to
-            ``[B, out_dim]`` features; only the architecture is built here (pretrained weights are loaded
-            by the training entry point, not on reload).
+        backbone: config (``_target_`` + arguments) of a :class:`~paraisite.models.backbone.Backbone` mapping
+            ``(graph, lattice, state)`` to ``[B, out_dim]`` features; only the architecture is built here
+            (pretrained weights are loaded by the training entry point, not on reload).
         head: config of the head; ``in_dim`` is filled from the backbone's ``out_dim``.
         target_stats: ``{"mean", "std"}`` of log10(TC+1) used to standardise the target.
         graph: config of the graph builder the backbone expects (kept for prediction).
@@ -124,7 +125,10 @@ class LTCRegressor(pl.LightningModule):
                 "label_scaling": label_scaling,
             }
         )
-        self.backbone: nn.Module = instantiate(backbone)
+        built = instantiate(backbone)
+        if not isinstance(built, Backbone):
+            raise TypeError(f"{backbone['_target_']} is not a paraisite.models.backbone.Backbone")
+        self.backbone: Backbone = built
         self.head: nn.Module = instantiate(head, in_dim=self.backbone.out_dim)
         self.scaler = TargetScaler(target_stats["mean"], target_stats["std"])
         if freeze_backbone:

@@ -27,6 +27,7 @@ from paraisite.config import config_dir, load_group_option
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import evaluate_on
+from paraisite.models.backbone import backbone_class
 from paraisite.training import record
 from paraisite.training.checks import check_run_config
 from paraisite.training.module import LTCRegressor
@@ -96,9 +97,9 @@ def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor
 def check_pretrained_name(cfg: DictConfig) -> None:
     """Refuse an unknown ``model.backbone.pretrained`` before any data is loaded (the message lists valid names)."""
     name = cfg.model.backbone.get("pretrained")
-    backbone_cls = get_class(cfg.model.backbone.net._target_)
-    if name and hasattr(backbone_cls, "published_names") and name not in backbone_cls.published_names():
-        valid = ", ".join(backbone_cls.published_names())
+    backbone_cls = backbone_class(cfg.model.backbone.net._target_)
+    if name and name not in backbone_cls.published_names():
+        valid = ", ".join(backbone_cls.published_names()) or "none (pretrained must be null)"
         kind = backbone_cls.__name__
         raise ValueError(f"model.backbone.pretrained={name!r} is not a published {kind}; valid: {valid}")
 
@@ -107,8 +108,7 @@ def init_weights(module: LTCRegressor, cfg: DictConfig) -> dict[str, Any]:
     """Load published backbone weights and/or a previous paraisite checkpoint (not its target statistics)."""
     report: dict[str, Any] = {"pretrained": cfg.model.backbone.get("pretrained"), "init_from": None}
     if report["pretrained"]:
-        backbone: Any = module.backbone  # a backbone with published weights has load_published (not yet typed)
-        backbone.load_published(report["pretrained"])
+        module.backbone.load_published(report["pretrained"])
     if cfg.get("init_from"):
         try:
             path = resolve_run_checkpoint(cfg.init_from)

@@ -17,7 +17,7 @@ happen in :class:`paraisite.models.cgcnn.CGCNN`):
 :class:`CGCNNGraphBuilder` is the :class:`~paraisite.data.graphs.GraphBuilder` of the trainable CGCNN backbone: the
 same graphs (same padding, so published weights see the inputs they were trained on), plus ``node_type``,
 ``lattice`` and a dummy ``state_attr`` for the datamodule, the applicability reference and the LTC predictor. An atom
-with *no* neighbour within ``radius`` is never padded: it is a :class:`~paraisite.data.graphs.GraphError` of kind
+with *no* neighbour within ``radius`` is never padded: it is a :class:`~paraisite.data.errors.GraphError` of kind
 ``isolated_atom`` (the datamodule's ``on_isolated`` drops or refuses the structure). Padding of atoms with 1 to
 ``M - 1`` neighbours warns; none of the structures of Dataset1, Dataset2 or AFLOW needs it at 8 Å.
 """
@@ -38,7 +38,7 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 from torch_geometric.data import Data
 
 from paraisite.data import registry
-from paraisite.data.graphs import GraphError
+from paraisite.data.errors import GraphError
 
 CGCNN_REPO = "txie-93/cgcnn"
 ATOM_INIT_PATH = "data/sample-regression/atom_init.json"
@@ -217,7 +217,7 @@ class CGCNNGraphBuilder:
         }
 
     def build(self, structure: Structure, name: str = "structure") -> Data:
-        """Graph of ``structure``; raises :class:`~paraisite.data.graphs.GraphError` (kinds in ``CGCNNFeaturizer``)."""
+        """Graph of ``structure``; raises :class:`~paraisite.data.errors.GraphError` (kinds in ``CGCNNFeaturizer``)."""
         graph = self.featurizer(structure, name)
         graph.node_type = torch.from_numpy(self._node_type[graph.atomic_numbers.numpy()])
         graph.lattice = torch.tensor(structure.lattice.matrix, dtype=torch.float32).reshape(1, 3, 3)

@@ -27,20 +27,13 @@ from torch_geometric.data.separate import separate
 
 from paraisite.data import registry
 from paraisite.data.cache import read_verified, settings_key, write_verified
+from paraisite.data.errors import GraphError
 from paraisite.data.sources import CrystalRecord, load_source, source_key
 
 log = logging.getLogger(__name__)
 
 GRAPH_FORMAT_VERSION = 1
 ISOLATED_POLICIES = ("drop", "raise")
-
-
-class GraphError(ValueError):
-    """A structure cannot be turned into a usable graph; the message names the structure and the problem."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class GraphBuilder(Protocol):

@@ -15,24 +15,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Element, Structure
 from torch import nn
 
 from paraisite.checkpoints import load_ltc_checkpoint, resolve_run_checkpoint
-from paraisite.data.graphs import collate_item
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
-from paraisite.training.module import LTCRegressor
 from paraisite.zoo.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS, catalog
 from paraisite.zoo.published import fetch_bundle, published_bundles
+
+if TYPE_CHECKING:
+    from paraisite.training.module import LTCRegressor
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,10 @@ class LTCPredictor(Predictor):
     @torch.no_grad()
     def predict(self, graphs: Sequence[Any]) -> Predictions:
         """TC of each member in W/mK; the members' backbone outputs for the applicability reference."""
+        from matgl.graph.data import collate_fn_graph  # matgl (and Lightning) only for LTC models: a faster CGCNN start
+
+        from paraisite.data.graphs import collate_item
+
         graph, lattice, state_attr, _ = collate_fn_graph([collate_item(stored) for stored in graphs])
         member_tc, member_latents = [], []
         for model in self.models:

@@ -34,7 +34,6 @@ import paraisite
 from paraisite.checkpoints import INT8_KEY, load_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
-from paraisite.data.graphs import load_graph_set
 from paraisite.evaluation.uncertainty import (
     Calibration,
     HeldOutRows,
@@ -162,6 +161,8 @@ def held_out_rows(
     batch_size: int = 64,
 ) -> HeldOutRows:
     """Members' predictions on every usable crystal of ``sources``; ``trained`` marks what each member saw."""
+    from paraisite.data.graphs import load_graph_set  # matgl: only when packing, not when listing the zoo
+
     builder = predictor.builder
     ids, true_tc, member_tc, percentiles, unseen = [], [], [], [], []
     for source in sources:

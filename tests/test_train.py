@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from paraisite.config import group_options
+from paraisite.config import group_options, load_group_option
 from paraisite.data import registry
 from paraisite.data.target import TargetScaler
 from paraisite.evaluation.cross import predict_loader
@@ -68,6 +68,15 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
         assert len(loggers) == {"none": 0, "csv": 1, "wandb": 2}[option]
     for option in group_options("callbacks"):
         assert instantiate_group(compose_train(tmp_path, f"callbacks={option}").callbacks)
+
+
+def test_each_dataset_config_is_the_shared_base_plus_its_name_and_sources():
+    """Cross-evaluation builds the other datasets from their name and sources only (``build_datamodule``), so a
+    dataset file sets nothing else: the settings they share are in ``conf/data/base/ltc.yaml``."""
+    for option in group_options("data"):
+        raw = load_group_option("data", option)
+        assert set(raw) == {"defaults", "name", "sources"}, option
+        assert list(raw.defaults) == ["base/ltc@_here_", "_self_"], option
 
 
 def test_wrong_option_and_key_are_caught_by_hydra(tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from paraisite.record import run_label, run_path
 
 
 def wandb_offline() -> bool:
@@ -14,15 +15,10 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
 
 
-def run_label(seed: int, seeds: Any = None) -> str:
-    """Directory name of a run: ``seed<k>``, or ``seeds<a>-<b>-...`` for an ensemble job (members: ``seed<k>``)."""
-    if seeds:
-        return "seeds" + "-".join(str(int(s)) for s in seeds)
-    return f"seed{int(seed)}"
-
-
 OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
+# The run layout, in conf/hydra/default.yaml and conf/experiment/step3.yaml, from paraisite.record's one definition.
 OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+OmegaConf.register_new_resolver("run_path", run_path, replace=True)
 
 
 def config_dir() -> Path:

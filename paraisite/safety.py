@@ -9,6 +9,7 @@ One place for the rules every reader applies:
   a limit, checked without opening it first, so a FIFO never blocks the reader.
 - :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` contents, whose
   decompressed size is what is limited: a decompression bomb is cut off at the limit).
+- :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
 
 Everything here is cheap and has no heavy imports, so it can run on every load.
 """
@@ -19,7 +20,9 @@ import gzip
 import os
 import re
 import stat
+import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 #: Largest structure file read by ``predict``/``scan`` (also the largest decompressed ``.gz`` content).
@@ -28,6 +31,19 @@ MAX_STRUCTURE_BYTES = 64 * 1024**2
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 #: Characters allowed in one part of a relative name from outside data (no separators, no control characters).
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class UnsafePathError(ValueError):

@@ -12,6 +12,7 @@ import pytest
 from paraisite.cli.main import main as cli
 from paraisite.evaluation import table
 from paraisite.evaluation.published import DATASETS, PUBLISHED_MAPE, load_paper_runs
+from paraisite.record import RunRecord, run_path, write_run_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Step I, trained on Dataset1: MAPE per tested-on dataset for seeds 1, 2, 3.
@@ -26,23 +27,23 @@ def write_job(root: Path, step: str, trained_on: str, seed: int, mape: dict[str,
     }
     for metrics in evaluations.values():
         metrics["label_scaling"] = "consistent"
-    result = {
-        "status": "completed",
-        "task_name": step,
-        "seed": seed,
-        "group": "test-sweep",
-        "backbone": "megnet_scratch",
-        "protocol": "clean",
-        "profile": "quick",
-        "data": {"name": trained_on, "sources": [trained_on.lower()], "seed": seed, "train": 76, "val": 19},
-        "best": evaluations[trained_on],
-        "cross": evaluations if cross else {},
-        "epochs": 2,
-        "seconds": 1.0,
-    }
-    path = root / step / trained_on / f"seed{seed}" / "metrics.json"
+    result = RunRecord(
+        status="completed",
+        task_name=step,
+        seed=seed,
+        group="test-sweep",
+        backbone="megnet_scratch",
+        protocol="clean",
+        profile="quick",
+        data={"name": trained_on, "sources": [trained_on.lower()], "seed": seed, "train": 76, "val": 19},
+        best=evaluations[trained_on],
+        cross=evaluations if cross else {},
+        epochs=2,
+        seconds=1.0,
+    )
+    path = root / run_path(step, trained_on, seed) / "metrics.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(result))
+    write_run_record(path, result)
     return path
 
 
@@ -52,9 +53,9 @@ def sweep(tmp_path: Path) -> Path:
     root = tmp_path / "sweep"
     for index, seed in enumerate((1, 2, 3)):
         write_job(root, "step1", "Dataset1", seed, {name: values[index] for name, values in STEP1_D1.items()})
-    failed = root / "step1" / "Dataset1" / "seed4" / "metrics.json"
+    failed = root / run_path("step1", "Dataset1", 4) / "metrics.json"
     failed.parent.mkdir(parents=True)
-    failed.write_text(json.dumps({"status": "failed", "seed": 4, "error": "RuntimeError: out of memory\nmore"}))
+    write_run_record(failed, RunRecord(status="failed", seed=4, error="RuntimeError: out of memory\nmore"))
     write_job(root, "step3", "MIX", 1, dict.fromkeys(DATASETS, 0.6))
     write_job(root, "step2", "AFLOW", 1, {"AFLOW": 0.45}, cross=False)
     return root

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from paraisite.training.record import read_status
+from paraisite.record import RunRecord, RunRecordError, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
 PAPER_JOBS = {
@@ -50,15 +50,22 @@ def _last_epoch(job_dir: Path) -> int | None:
     return max(epochs) + 1 if epochs else None
 
 
+def _record(path: Path) -> RunRecord | None:
+    """The record at ``path``; ``None`` when there is none or it cannot be read (shown as not started)."""
+    try:
+        return read_run_record(path)
+    except (FileNotFoundError, RunRecordError):
+        return None
+
+
 def run_state(run_dir: Path) -> str:
     """``completed``, ``failed``, ``running``, ``interrupted`` (running, but its process is gone) or ``pending``."""
-    record = read_status(run_dir / "metrics.json")
+    record = _record(run_dir / "metrics.json")
     if record is None:
         return "pending"
-    status = str(record.get("status"))
-    if status == "running":
-        return "running" if _alive(record.get("pid")) else "interrupted"
-    return status
+    if record.status == "running":
+        return "running" if _alive(record.pid) else "interrupted"
+    return record.status
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -70,13 +77,13 @@ def run_status(args: argparse.Namespace) -> int:
     for step, datasets in PAPER_JOBS.items():
         for dataset in datasets:
             job_root = args.sweep_dir / step / dataset
-            states = [run_state(job_root / f"seed{seed}") for seed in seeds]
+            states = [run_state(args.sweep_dir / run_path(step, dataset, seed)) for seed in seeds]
             progress = ""
             for job in sorted(job_root.glob("seeds*")):
-                record = read_status(job / "ensemble.json") or {}
-                if record.get("status") == "running":
-                    state = "running" if _alive(record.get("pid")) else "interrupted"
-                    members = {int(s) for s in record.get("seeds", [])}
+                record = _record(job / "ensemble.json")
+                if record is not None and record.status == "running":
+                    state = "running" if _alive(record.pid) else "interrupted"
+                    members = {int(s) for s in record.seeds or []}
                     states = [
                         state if seed in members and old == "pending" else old
                         for seed, old in zip(seeds, states, strict=True)

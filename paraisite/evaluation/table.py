@@ -8,7 +8,6 @@ and ``heatmap.png``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from paraisite.evaluation.published import DATASETS, PUBLISHED_RUNS, STEP_LABELS, published_table
+from paraisite.record import RunRecord, RunRecordError, read_run_record
 
 #: Metrics a run reports per evaluated dataset (``--metric`` choices).
 METRICS: tuple[str, ...] = ("mape", "mae_log10", "rmse_log10", "r2_log10")
@@ -102,50 +102,43 @@ def collect(sweep_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[FailedJob]
     failures: list[FailedJob] = []
     for path in sorted(root.glob("**/metrics.json")):
         try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            failures.append(_failed_job(path, {}, f"unreadable metrics.json: {error}"))
+            result = read_run_record(path)
+        except RunRecordError as error:
+            failures.append(_failed_job(path, None, error.problem))
             continue
-        if not isinstance(result, dict):
-            failures.append(_failed_job(path, {}, "metrics.json does not hold a JSON object"))
+        if result.status != "completed":
+            failures.append(_failed_job(path, result, result.error or f"status {result.status!r}"))
             continue
-        if result.get("status") != "completed":
-            failures.append(_failed_job(path, result, result.get("error") or f"status {result.get('status')!r}"))
-            continue
-        try:
-            records.extend(_run_records(path, result))
-        except (KeyError, TypeError) as error:
-            failures.append(_failed_job(path, result, f"malformed metrics.json: missing {error}"))
+        records.extend(_run_records(path, result))
     runs = pd.DataFrame.from_records(records)
     extra = [column for column in runs.columns if column not in RUN_COLUMNS]
     return runs.reindex(columns=[*RUN_COLUMNS, *extra]), failures
 
 
-def _run_records(path: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
-    trained_on = result["data"]["name"]
-    evaluations = dict(result.get("cross") or {})
-    evaluations.setdefault(trained_on, result["best"])
+def _run_records(path: Path, result: RunRecord) -> list[dict[str, Any]]:
+    trained_on = result.dataset
+    evaluations: dict[Any, Any] = dict(result.cross or {})
+    evaluations.setdefault(trained_on, result.best)
     job = {
-        "step": result["task_name"],
+        "step": result.task_name,
         "trained_on": trained_on,
-        "seed": result.get("seed"),
-        **{key: result.get(key) for key in ("profile", "protocol", "group", "backbone")},
+        "seed": result.seed,
+        **{key: getattr(result, key) for key in ("profile", "protocol", "group", "backbone")},
         "path": str(path),
     }
     return [{**job, "tested_on": tested_on, **metrics} for tested_on, metrics in evaluations.items()]
 
 
-def _failed_job(path: Path, result: dict[str, Any], error: str) -> FailedJob:
-    """A failure, with step, dataset and seed from the file or else from ``<step>/<dataset>/seed<N>/``."""
+def _failed_job(path: Path, result: RunRecord | None, error: str) -> FailedJob:
+    """A failure, with step, dataset and seed from the record or else from its path (``<step>/<dataset>/seed<N>``)."""
     seed_dir, dataset_dir, step_dir = path.parent, path.parent.parent, path.parent.parent.parent
-    seed = result.get("seed")
+    seed = result.seed if result else None
     if seed is None and (match := re.fullmatch(r"seed(\d+)", seed_dir.name)):
         seed = int(match.group(1))
-    data = result["data"] if isinstance(result.get("data"), dict) else {}
     return FailedJob(
         path=path,
-        step=str(result.get("task_name") or step_dir.name),
-        trained_on=str(data.get("name") or dataset_dir.name),
+        step=str((result and result.task_name) or step_dir.name),
+        trained_on=str((result and result.dataset) or dataset_dir.name),
         seed=seed,
         error=error,
     )

@@ -1,8 +1,9 @@
-"""The status record of a run directory: which config it ran, whether it completed, where to resume.
+"""The status of a run directory: which config it ran, whether it completed, where to resume.
 
 A run writes ``status: running`` with the hash of its resolved config before it trains, and its full
 record (``status: completed``) when it ends, so a killed run is recognisable as such. Running the same
-config again skips a completed run and resumes an interrupted one from its ``last.ckpt``.
+config again skips a completed run and resumes an interrupted one from its ``last.ckpt``. The records are
+:class:`paraisite.record.RunRecord` objects, read and written only through that module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from paraisite.data.cache import atomic_write
+from paraisite.record import RunRecord, RunRecordError, read_run_record, write_run_record
 
 #: Settings that say where and how fast a run goes, not what it computes (left out of the hash).
 NOT_HASHED = ("paths", "threads", "logger", "callbacks", "hydra", "group", "tags")
@@ -36,25 +37,18 @@ def status_path(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / ("ensemble.json" if cfg.get("seeds") else "metrics.json")
 
 
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The record at ``path``, or ``None`` when there is none (or it is unreadable)."""
+def read_status(path: Path) -> RunRecord | None:
+    """The record at ``path``, or ``None`` when there is none or it cannot be read (the run starts afresh)."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_run_record(path)
+    except (FileNotFoundError, RunRecordError):
         return None
-    return record if isinstance(record, dict) else None
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write a record atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str)))
-
-
-def completed(cfg: DictConfig) -> dict[str, Any] | None:
+def completed(cfg: DictConfig) -> RunRecord | None:
     """The completed record of this exact config in its directory, if there is one."""
     record = read_status(status_path(cfg))
-    if record and record.get("status") == "completed" and record.get("config_sha256") == config_sha256(cfg):
+    if record and record.status == "completed" and record.config_sha256 == config_sha256(cfg):
         return record
     return None
 
@@ -62,14 +56,35 @@ def completed(cfg: DictConfig) -> dict[str, Any] | None:
 def resumable(cfg: DictConfig) -> bool:
     """Whether the directory holds an interrupted run of this exact config (``running`` or ``failed``)."""
     record = read_status(status_path(cfg))
-    return bool(record and record.get("status") != "completed" and record.get("config_sha256") == config_sha256(cfg))
+    return bool(record and record.status != "completed" and record.config_sha256 == config_sha256(cfg))
+
+
+def _seeds(cfg: DictConfig) -> list[int] | None:
+    return [int(s) for s in cfg.seeds] if cfg.get("seeds") else None
 
 
 def mark_running(cfg: DictConfig) -> None:
     """Record that this config is being trained here (replaced by the full record when it ends)."""
-    record = {"status": "running", "config_sha256": config_sha256(cfg), "pid": os.getpid(), "started": time.time()}
-    if cfg.get("seeds"):
-        record["seeds"] = [int(s) for s in cfg.seeds]
-    else:
-        record["seed"] = cfg.get("seed")
-    write_json(status_path(cfg), record)
+    seeds = _seeds(cfg)
+    record = RunRecord(
+        status="running",
+        config_sha256=config_sha256(cfg),
+        pid=os.getpid(),
+        started=time.time(),
+        seeds=seeds,
+        seed=None if seeds else cfg.get("seed"),
+    )
+    write_run_record(status_path(cfg), record)
+
+
+def mark_failed(cfg: DictConfig, error: str, traceback: str) -> None:
+    """Record that the run of this config failed, with its error."""
+    record = RunRecord(
+        status="failed",
+        seed=cfg.get("seed"),
+        seeds=_seeds(cfg),
+        error=error,
+        traceback=traceback,
+        config_sha256=config_sha256(cfg),
+    )
+    write_run_record(status_path(cfg), record)

@@ -28,10 +28,10 @@ from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.models.backbone import backbone_class
+from paraisite.record import RunRecord, run_label, write_run_record
 from paraisite.training import record
 from paraisite.training.checks import check_run_config
 from paraisite.training.module import LTCRegressor
-from paraisite.training.record import write_json
 from paraisite.zoo.applicability import attach_applicability
 
 log = logging.getLogger(__name__)
@@ -195,16 +195,16 @@ def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str,
 def run_record(
     cfg: DictConfig, datamodule: LTCDataModule, initialised: dict[str, Any], epochs: int, final: dict[str, float]
 ) -> dict[str, Any]:
-    """The part of ``metrics.json`` known when training ends."""
+    """The part of ``metrics.json`` known when training ends (names as text, e.g. ``group=2024``)."""
     return {
         "status": "completed",
-        "task_name": cfg.task_name,
+        "task_name": str(cfg.task_name),
         "seed": cfg.seed,
         "data": datamodule.describe(),
-        "backbone": cfg.model.backbone.name,
-        "protocol": cfg.protocol.name,
-        "profile": cfg.profile.name,
-        "group": cfg.group,
+        "backbone": str(cfg.model.backbone.name),
+        "protocol": str(cfg.protocol.name),
+        "profile": str(cfg.profile.name),
+        "group": str(cfg.group),
         "init": initialised,
         "epochs": epochs,
         "final": final,
@@ -235,7 +235,7 @@ def finish_run(
         other = build_datamodule(cfg, name)
         result["cross"][other.name] = evaluate_on(best, other, scaling)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(output_dir / "metrics.json", result)
+    write_run_record(output_dir / "metrics.json", RunRecord(**result))
     log.info("best validation MAPE %.4f; metrics in %s", result["best"]["mape"], output_dir / "metrics.json")
     return result
 
@@ -249,7 +249,7 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     with open_dict(member):
         member.seed = int(seed)
         member.seeds = None
-        member.paths.output_dir = str(Path(cfg.paths.output_dir).parent / f"seed{int(seed)}")
+        member.paths.output_dir = str(Path(cfg.paths.output_dir).parent / run_label(int(seed)))
     return member
 
 
@@ -305,7 +305,7 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     summary["best_mape"] = {str(r["seed"]): r.get("best", {}).get("mape") for r in records}
     summary["epochs"] = trainer.current_epoch
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(job_dir / "ensemble.json", summary)
+    write_run_record(job_dir / "ensemble.json", RunRecord(**summary))
     if trainer.is_global_zero:  # the resume state (52 MB for 9 MEGNet members) is not needed once complete
         last.unlink(missing_ok=True)
     return {**summary, "members": records, "best": {"mape": _mean(summary["best_mape"].values())}}
@@ -325,16 +325,15 @@ def run(cfg: DictConfig) -> float:
     done = record.completed(cfg)
     if done is not None:
         log.info("%s already holds this config's completed run; skipped", output_dir)
-        return float(done.get("best", {}).get("mape", math.nan))
+        return float((done.best or {}).get("mape", math.nan))
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))
     except Exception as error:
         output_dir.mkdir(parents=True, exist_ok=True)
-        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        failure["config_sha256"] = record.config_sha256(cfg)
-        record.write_json(record.status_path(cfg), {"seed": cfg.get("seed"), "seeds": cfg.get("seeds"), **failure})
-        log.error("run failed: %s (details in %s)", failure["error"], record.status_path(cfg))
+        message = f"{type(error).__name__}: {error}"
+        record.mark_failed(cfg, message, traceback.format_exc())
+        log.error("run failed: %s (details in %s)", message, record.status_path(cfg))
         if _in_multirun():
             return math.nan
         raise

@@ -182,16 +182,20 @@ def read_bundle(root: str | os.PathLike) -> Bundle:
 
 
 def completed_runs(sweep_dir: str | os.PathLike, step: str, dataset: str) -> list[tuple[Path, dict[str, Any]]]:
-    """``(run directory, metrics)`` of the completed runs of ``step`` on ``dataset`` under a sweep, by seed."""
+    """``(run directory, metrics)`` of the completed runs of ``step`` on ``dataset`` under a sweep, by seed.
+
+    ``metrics`` is the run's :class:`~paraisite.record.RunRecord` as its JSON object.
+
+    Raises:
+        paraisite.record.RunRecordError: a ``metrics.json`` that cannot be read, naming it.
+    """
+    from paraisite.record import read_run_record
+
     runs = []
     for metrics_path in sorted(Path(sweep_dir).rglob("metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
-        if (
-            metrics.get("status") == "completed"
-            and metrics.get("task_name") == step
-            and metrics.get("data", {}).get("name") == dataset
-        ):
-            runs.append((metrics_path.parent, metrics))
+        record = read_run_record(metrics_path)
+        if record.status == "completed" and record.task_name == step and record.dataset == dataset:
+            runs.append((metrics_path.parent, record.to_json()))
     return sorted(runs, key=lambda run: run[1]["seed"])
 
 

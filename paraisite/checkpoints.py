@@ -58,7 +58,7 @@ def _numpy_scalar_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same function under numpy 1.x
     return [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype(np.float64))]
 
 
@@ -220,8 +220,7 @@ def resolve_run_checkpoint(path: str | os.PathLike) -> Path:
         FileNotFoundError: no such file, or a directory without ``metrics.json`` or without that checkpoint.
         RuntimeError: the run did not complete (``running``: interrupted or still training; ``failed``).
     """
-    import json
-
+    from paraisite.record import RunRecordError, read_run_record
     from paraisite.safety import resolve_inside
 
     candidate = Path(path)
@@ -231,15 +230,15 @@ def resolve_run_checkpoint(path: str | os.PathLike) -> Path:
         return candidate
     metrics = candidate / "metrics.json"
     try:
-        record = json.loads(metrics.read_text())
+        record = read_run_record(metrics)
     except FileNotFoundError:
         raise FileNotFoundError(f"{candidate} is not a completed run directory (no metrics.json)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise RuntimeError(f"{metrics}: unreadable run record ({error})") from None
-    status = record.get("status") if isinstance(record, dict) else None
-    if status != "completed":
+    except RunRecordError as error:
+        raise RuntimeError(f"{metrics}: unreadable run record ({error.problem})") from None
+    if record.status != "completed":
+        status = record.status
         raise RuntimeError(f"run {candidate} did not complete (status {status!r}); re-run its command to finish it")
-    named = record.get("best_checkpoint")
+    named = record.best_checkpoint
     if not named:
         raise FileNotFoundError(f"{metrics} names no best checkpoint")
     best = resolve_inside(candidate / "checkpoints", Path(str(named)).name, what=f"best checkpoint of {metrics}")

@@ -199,7 +199,8 @@ def completed_runs(sweep_dir: str | os.PathLike, step: str, dataset: str) -> lis
     return sorted(runs, key=lambda run: run[1]["seed"])
 
 
-def _checked_runs(sweep_dir: Path, step: str, dataset: str) -> list[tuple[Path, dict[str, Any]]]:
+def checked_runs(sweep_dir: Path, step: str, dataset: str) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`completed_runs`, refused (:class:`BundleError`) if none, if seeds repeat, or protocols/profiles mix."""
     runs = completed_runs(sweep_dir, step, dataset)
     if not runs:
         raise BundleError(f"{sweep_dir}: no completed run of task {step!r} on dataset {dataset!r} (metrics.json)")
@@ -239,7 +240,7 @@ def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: s
         check_relative_name(name, what="bundle name", parts=1)
     except UnsafePathError as error:
         raise BundleError(str(error)) from None
-    runs = _checked_runs(sweep_dir, step, dataset)
+    runs = checked_runs(sweep_dir, step, dataset)
     if output.exists() and any(output.iterdir()):
         raise BundleError(f"{output}: the bundle directory exists and is not empty; remove it first")
     output.mkdir(parents=True, exist_ok=True)

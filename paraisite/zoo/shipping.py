@@ -48,7 +48,7 @@ from paraisite.zoo.bundle import (
     INFERENCE_KEYS,
     MANIFEST,
     BundleError,
-    completed_runs,
+    checked_runs,
     parse_manifest,
 )
 from paraisite.zoo.predictors import LTCPredictor, load_checkpoints
@@ -235,9 +235,7 @@ def ship_ensemble(
     for the per-row CSVs behind those figures (``<name>--<set>.csv``, e.g. ``...--dataset1-cross-dataset.csv``).
     """
     sweep_dir = Path(sweep_dir)
-    runs = completed_runs(sweep_dir, step, dataset)
-    if not runs:
-        raise BundleError(f"{sweep_dir}: no completed run of task {step!r} on dataset {dataset!r}")
+    runs = checked_runs(sweep_dir, step, dataset)  # the same checks as `zoo export`: seeds unique, one protocol
     target = Path(output) if output is not None else shipped_bundle_dir(name)
     if target.exists() and any(target.iterdir()):
         raise BundleError(f"{target}: exists and is not empty; remove it first")

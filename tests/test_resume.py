@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -23,7 +24,8 @@ RUN = ("data=dataset1", "max_per_source=40", "logger=none", "callbacks.progress_
 
 
 def _train_command(job_dir: Path, epochs: int) -> list[str]:
-    overrides = [*RUN, "seeds=[1,2]", f"trainer.max_epochs={epochs}", f"hydra.run.dir={job_dir}"]
+    logged = [o for o in RUN if not o.startswith("logger=")] + ["logger=csv", "+logger.csv.flush_logs_every_n_steps=1"]
+    overrides = [*logged, "seeds=[1,2]", f"trainer.max_epochs={epochs}", f"hydra.run.dir={job_dir}"]
     return [sys.executable, "-m", "paraisite.training.train", *overrides]
 
 
@@ -63,6 +65,11 @@ def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path):
             for key, value in expected[seed][split].items():
                 if isinstance(value, float):
                     assert math.isclose(resumed[seed][split][key], value, rel_tol=1e-5), (seed, split, key)
+    # The curve logged before the kill is kept beside the resumed one (Lightning would delete it).
+    before, after = (list(csv.DictReader((job / "csv" / f).open())) for f in ("metrics.part1.csv", "metrics.csv"))
+    assert before
+    assert max(int(row["step"]) for row in before) <= min(int(row["step"]) for row in after), (before, after)
+    assert max(int(row["epoch"]) for row in after if row["epoch"]) == epochs - 1
     # And once more: completed with this config, so nothing is trained or written.
     stamp = (job.parent / "seed1" / "metrics.json").stat().st_mtime_ns
     subprocess.run(_train_command(job, epochs), check=True, env=env, capture_output=True, timeout=600)

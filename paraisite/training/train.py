@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 
 from paraisite.checkpoints import load_checkpoint, resolve_run_checkpoint
 from paraisite.config import config_dir, load_group_option
@@ -165,6 +166,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     record.mark_running(cfg)
     datamodule, model, initialised = prepare_run(cfg)
     loggers = instantiate_group(cfg.get("logger"))
+    if resume:
+        keep_logged_history(loggers)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -178,6 +181,23 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {**result, **code}
     return finish_run(cfg, datamodule, best_path or None, model, {**result, **code}, start)
+
+
+def keep_logged_history(loggers: list[Any]) -> list[Path]:
+    """Move a resumed run's earlier CSV metrics aside as ``metrics.part<k>.csv``; returns the moved files.
+
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, which would throw away the
+    training curve of every epoch before the interruption.
+    """
+    moved = []
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if path.is_file():
+            part = len(list(path.parent.glob("metrics.part*.csv"))) + 1
+            moved.append(path.rename(path.with_name(f"metrics.part{part}.csv")))
+    return moved
 
 
 def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str, Any]]:
@@ -280,6 +300,8 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     datamodule = EnsembleDataModule([dm for dm, _, _ in prepared])
     best_paths = [Path(member.paths.output_dir) / "checkpoints" / "best.ckpt" for member in configs]
     loggers = instantiate_group(cfg.get("logger"))
+    if resume:
+        keep_logged_history(loggers)
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from paraisite.safety import MAX_CHECKPOINT_BYTES, check_regular_file
+from paraisite.safety import MAX_CHECKPOINT_BYTES, decompressed, read_limited
 
 if TYPE_CHECKING:
     from paraisite.training.module import LTCRegressor
@@ -71,8 +71,10 @@ def load_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None = No
     """The dictionary of a checkpoint file, loaded weights-only on the CPU.
 
     Args:
-        path: a ``.ckpt`` (or any ``torch.save`` file) from anywhere, user files included.
-        expected_sha256: if given, the bytes read must have this sha256 (checked on the bytes that are loaded).
+        path: a ``.ckpt`` (or any ``torch.save`` file) from anywhere, user files included; a ``.ckpt.xz`` (how
+            shipped members are stored) is decompressed in memory, up to the same size limit.
+        expected_sha256: if given, the file's bytes must have this sha256 (checked before anything is decompressed
+            or unpickled).
 
     Raises:
         FileNotFoundError: no such file.
@@ -80,14 +82,15 @@ def load_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None = No
         CheckpointTrustError: the sha256 differs, or the file needs globals beyond :data:`SAFE_GLOBALS`
             (e.g. a crafted pickle that would run code), or it is not a checkpoint.
     """
-    check_regular_file(path, MAX_CHECKPOINT_BYTES, what="checkpoint")
-    data = Path(path).read_bytes()
+    data = read_limited(path, MAX_CHECKPOINT_BYTES, what="checkpoint", compressed=())
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise CheckpointTrustError(
                 f"{path}: sha256 mismatch: expected {expected_sha256}, the file has {actual}; nothing was loaded"
             )
+    if Path(path).suffix.lower() == ".xz":
+        data = decompressed(data, path, MAX_CHECKPOINT_BYTES, what="checkpoint")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

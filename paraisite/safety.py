@@ -7,8 +7,8 @@ One place for the rules every reader applies:
   paths, no ``..``, no empty parts, no link that leads out of the root.
 - :func:`check_regular_file`: an input is a regular file (not a FIFO, device, socket or directory) no larger than
   a limit, checked without opening it first, so a FIFO never blocks the reader.
-- :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` contents, whose
-  decompressed size is what is limited: a decompression bomb is cut off at the limit).
+- :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` and ``.xz``
+  contents, whose decompressed size is what is limited: a decompression bomb is cut off at the limit).
 - :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
 
 Everything here is cheap and has no heavy imports, so it can run on every load.
@@ -17,6 +17,8 @@ Everything here is cheap and has no heavy imports, so it can run on every load.
 from __future__ import annotations
 
 import gzip
+import io
+import lzma
 import os
 import re
 import stat
@@ -118,32 +120,58 @@ def check_regular_file(path: str | os.PathLike, max_bytes: int, *, what: str = "
     return info
 
 
-def read_limited(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
-    """The bytes of a regular file (decompressed if it ends in ``.gz``), refused past ``max_bytes``.
+def read_limited(
+    path: str | os.PathLike, max_bytes: int, *, what: str = "file", compressed: tuple[str, ...] = (".gz",)
+) -> bytes:
+    """The bytes of a regular file (decompressed if its suffix is in ``compressed``), refused past ``max_bytes``.
 
     The file is opened without blocking and checked again on the open descriptor, so a path swapped for a FIFO
     after :func:`check_regular_file` cannot block the reader either.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        UnsafeFileError: not a regular file, larger than ``max_bytes``, or a ``.gz`` whose content is.
+        UnsafeFileError: not a regular file, larger than ``max_bytes``, or compressed content that is.
     """
     check_regular_file(path, max_bytes, what=what)
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with open(descriptor, "rb") as raw:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise UnsafeFileError(f"{path}: not a regular file; {what}s must be regular files")
-        if not str(path).lower().endswith(".gz"):
-            data = raw.read(max_bytes + 1)
-        else:
-            try:
-                with gzip.GzipFile(fileobj=raw) as stream:
-                    data = stream.read(max_bytes + 1)
-            except (OSError, EOFError, zlib.error) as error:
-                raise UnsafeFileError(f"{path}: not a readable gzip file ({error})") from None
+        data = raw.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UnsafeFileError(f"{path}: content larger than the {max_bytes}-byte limit for a {what} (decompressed)")
+        raise UnsafeFileError(f"{path}: larger than the {max_bytes}-byte limit for a {what}")
+    if Path(path).suffix.lower() in compressed:
+        data = decompressed(data, path, max_bytes, what=what)
     return data
+
+
+#: Compressed formats :func:`decompressed` reads: file suffix -> name.
+COMPRESSED_FORMATS = {".gz": "gzip", ".xz": "xz"}
+
+
+def decompressed(data: bytes, path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
+    """``data`` (the bytes of ``path``) decompressed by the file's suffix, cut off and refused past ``max_bytes``.
+
+    Raises:
+        UnsafeFileError: a suffix not in :data:`COMPRESSED_FORMATS`, content that does not decompress, or more
+            than ``max_bytes`` of it (a decompression bomb is stopped at the limit).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in COMPRESSED_FORMATS:
+        raise UnsafeFileError(f"{path}: {suffix or 'no suffix'} is not a compressed format read here")
+    raw = io.BytesIO(data)
+    try:
+        if suffix == ".gz":
+            with gzip.GzipFile(fileobj=raw) as stream:
+                content = stream.read(max_bytes + 1)
+        else:
+            with lzma.LZMAFile(raw, format=lzma.FORMAT_XZ) as stream:
+                content = stream.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise UnsafeFileError(f"{path}: not a readable {COMPRESSED_FORMATS[suffix]} file ({error})") from None
+    if len(content) > max_bytes:
+        raise UnsafeFileError(f"{path}: content larger than the {max_bytes}-byte limit for a {what} (decompressed)")
+    return content
 
 
 def _kind(mode: int) -> str:

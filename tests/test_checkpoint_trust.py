@@ -6,6 +6,8 @@ did not run. The first one also shows that torch *would* run it when ``weights_o
 
 from __future__ import annotations
 
+import hashlib
+import lzma
 import os
 import pickle
 import subprocess
@@ -17,6 +19,7 @@ import torch
 
 from paraisite.checkpoints import CheckpointTrustError, check_target, load_checkpoint, load_ltc_checkpoint
 from paraisite.cli.main import main
+from paraisite.safety import UnsafeFileError, decompressed
 from paraisite.zoo.predictors import load_predictor
 from tests.helpers import tiny_ltc_run
 
@@ -45,6 +48,10 @@ def structure(tmp_path) -> Path:
     path = tmp_path / "NaCl.vasp"
     path.write_text("NaCl\n1.0\n0 2.8 2.8\n2.8 0 2.8\n2.8 2.8 0\nNa Cl\n1 1\ndirect\n0 0 0\n0.5 0.5 0.5\n")
     return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def crafted_checkpoint(path: Path, marker: Path) -> Path:
@@ -130,3 +137,32 @@ def test_real_checkpoint_loads_weights_only_and_predicts(run_dir, structure, tmp
 def test_checkpoint_with_another_sha256_is_refused(run_dir):
     with pytest.raises(CheckpointTrustError, match="sha256 mismatch"):
         load_checkpoint(run_dir / "checkpoints" / "best.ckpt", expected_sha256="0" * 64)
+
+
+def test_xz_checkpoint_loads_like_the_plain_file_and_is_checked_the_same_way(run_dir, tmp_path):
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    packed = tmp_path / "best.ckpt.xz"
+    packed.write_bytes(lzma.compress(checkpoint.read_bytes()))
+    plain, loaded = load_checkpoint(checkpoint), load_checkpoint(packed, expected_sha256=sha256(packed))
+    assert all(torch.equal(loaded["state_dict"][key], value) for key, value in plain["state_dict"].items())
+    with pytest.raises(CheckpointTrustError, match="sha256 mismatch"):  # the hash is of the stored (xz) bytes
+        load_checkpoint(packed, expected_sha256=sha256(checkpoint))
+    crafted = crafted_checkpoint(tmp_path / "crafted.ckpt", tmp_path / "ran")
+    crafted_xz = tmp_path / "crafted.ckpt.xz"
+    crafted_xz.write_bytes(lzma.compress(crafted.read_bytes()))
+    with pytest.raises(CheckpointTrustError, match=r"crafted\.ckpt\.xz: refused"):
+        load_checkpoint(crafted_xz)
+    assert not (tmp_path / "ran").exists()
+    truncated = tmp_path / "truncated.ckpt.xz"
+    truncated.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(UnsafeFileError, match=r"truncated\.ckpt\.xz: not a readable xz file"):
+        load_checkpoint(truncated)
+
+
+def test_compressed_content_is_cut_off_at_its_limit(tmp_path):
+    bomb = tmp_path / "bomb.ckpt.xz"
+    bomb.write_bytes(lzma.compress(bytes(10**6)))  # 1 MB of zeros in a few hundred bytes
+    assert bomb.stat().st_size < 1000
+    assert decompressed(bomb.read_bytes(), bomb, 10**6) == bytes(10**6)
+    with pytest.raises(UnsafeFileError, match=r"bomb\.ckpt\.xz: content larger than the 999999-byte limit"):
+        decompressed(bomb.read_bytes(), bomb, 10**6 - 1)

@@ -146,11 +146,11 @@ def test_predict_gives_calibrated_interval_around_the_mean(shipped, crystals, tm
 
 def test_a_tampered_shipped_member_is_refused(shipped, tmp_path):
     copy = Path(shutil.copytree(shipped, tmp_path / NAME))
-    member = copy / "seed2.ckpt"
+    member = copy / "seed2.ckpt.xz"
     data = bytearray(member.read_bytes())
     data[len(data) // 2] ^= 0xFF
     member.write_bytes(bytes(data))
-    with pytest.raises(BundleIntegrityError, match=r"seed2\.ckpt: sha256 mismatch"):
+    with pytest.raises(BundleIntegrityError, match=r"seed2\.ckpt\.xz: sha256 mismatch"):
         load_predictor(str(copy))
 
 

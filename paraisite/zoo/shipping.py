@@ -16,8 +16,10 @@ measured when the ensemble was packed (:func:`ship_ensemble`):
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import lzma
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -121,7 +123,10 @@ def quantise_state_dict(
 
 
 def write_compact_member(source: Path, target: Path) -> None:
-    """A training checkpoint as a compact shipped member (int8 matrices; the applicability latents in float16)."""
+    """A training checkpoint as a compact shipped member (int8 head, float16 backbone and applicability latents).
+
+    A ``target`` ending in ``.xz`` is xz-compressed (about 10 % smaller than the plain file).
+    """
     checkpoint = load_checkpoint(source)
     compact = {key: value for key, value in checkpoint.items() if key in INFERENCE_KEYS and key != "state_dict"}
     compact["state_dict"], compact[INT8_KEY] = quantise_state_dict(checkpoint["state_dict"])
@@ -131,7 +136,13 @@ def write_compact_member(source: Path, target: Path) -> None:
         if reference.get("latents") is not None:
             reference["latents"] = reference["latents"].half()
         compact[APPLICABILITY_KEY] = reference
-    atomic_write(target, lambda tmp: torch.save(compact, tmp))
+    if target.suffix == ".xz":
+        buffer = io.BytesIO()
+        torch.save(compact, buffer)
+        packed = lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+        atomic_write(target, lambda tmp: tmp.write_bytes(packed))
+    else:
+        atomic_write(target, lambda tmp: torch.save(compact, tmp))
 
 
 def member_splits(run_dirs: Sequence[Path]) -> list[tuple[set[str], set[str]]]:
@@ -246,7 +257,7 @@ def ship_ensemble(
     sources = [resolve_run_checkpoint(run_dir) for run_dir in run_dirs]
     members = []
     for (_, metrics), source in zip(runs, sources, strict=True):
-        file = f"seed{metrics['seed']}.ckpt"
+        file = f"seed{metrics['seed']}.ckpt.xz"
         write_compact_member(source, target / file)
         members.append(
             {

@@ -56,7 +56,7 @@ class UnsafeFileError(ValueError):
     """An input file is not a regular file, or is larger than the limit for its kind."""
 
 
-def check_relative_name(name: str, *, what: str, parts: int | None = None) -> list[str]:
+def check_relative_name(name: object, *, what: str, parts: int | None = None) -> list[str]:
     """The parts of a relative, POSIX-style name from outside data; refused unless plain.
 
     Refused: non-strings, empty names, absolute paths, backslashes, ``.``/``..`` or empty parts, and parts with

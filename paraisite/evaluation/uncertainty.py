@@ -64,7 +64,7 @@ class HeldOutRows:
 
     def usable(self) -> HeldOutRows:
         """Only the rows held out from at least one member."""
-        keep = self.held_out.any(axis=0)
+        keep = np.asarray(self.held_out.any(axis=0))
         return HeldOutRows(
             self.name,
             [i for i, k in zip(self.ids, keep, strict=True) if k],

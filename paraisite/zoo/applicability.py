@@ -35,6 +35,26 @@ REFERENCE_FORMAT = 1
 DEFAULT_NEIGHBOURS = 5
 
 
+@dataclass(frozen=True)
+class _LatentStatistics:
+    """What kNN distances need from the ``[N, D]`` training latents.
+
+    Attributes:
+        centre: ``[D]`` mean of each feature.
+        scale: ``[D]`` std of each feature (1 where it is 0).
+        reference: ``[N, D]`` the training latents standardised with ``centre`` and ``scale``.
+        training_distances: ``[N]`` sorted leave-one-out kNN distances of the training latents.
+    """
+
+    centre: torch.Tensor
+    scale: torch.Tensor
+    reference: torch.Tensor
+    training_distances: np.ndarray
+
+    def standardised(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents.double() - self.centre) / self.scale
+
+
 @dataclass
 class ApplicabilityReference:
     """Training elements and latent vectors of a model, and the kNN statistics derived from them.
@@ -48,9 +68,7 @@ class ApplicabilityReference:
     elements: frozenset[str]
     latents: torch.Tensor | None = None
     neighbours: int = DEFAULT_NEIGHBOURS
-    _centre: torch.Tensor | None = field(init=False, default=None, repr=False)
-    _scale: torch.Tensor | None = field(init=False, default=None, repr=False)
-    _training_distances: np.ndarray | None = field(init=False, default=None, repr=False)
+    _statistics: _LatentStatistics | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.elements = frozenset(self.elements)
@@ -60,37 +78,37 @@ class ApplicabilityReference:
         if latents.ndim != 2 or latents.shape[0] < 2:
             raise ValueError(f"need [N >= 2, D] training latents for kNN distances, got shape {tuple(latents.shape)}")
         self.neighbours = max(1, min(self.neighbours, latents.shape[0] - 1))
-        self._centre = latents.mean(dim=0)
+        centre = latents.mean(dim=0)
         scale = latents.std(dim=0)
-        self._scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        distances = torch.cdist(self._standardised(latents), self._standardised(latents))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        reference = (latents - centre) / scale
+        distances = torch.cdist(reference, reference)
         distances.fill_diagonal_(float("inf"))  # leave one out
-        self._training_distances = np.sort(self._knn_mean(distances))
+        self._statistics = _LatentStatistics(centre, scale, reference, np.sort(self._knn_mean(distances)))
 
     @property
     def has_latents(self) -> bool:
         """Whether latent distances can be computed."""
-        return self._training_distances is not None
+        return self._statistics is not None
 
-    def _standardised(self, latents: torch.Tensor) -> torch.Tensor:
-        return (latents.double() - self._centre) / self._scale
+    def _latent_statistics(self) -> _LatentStatistics:
+        if self._statistics is None:
+            raise ValueError("this applicability reference has no training latents")
+        return self._statistics
 
     def _knn_mean(self, distances: torch.Tensor) -> np.ndarray:
         return distances.topk(self.neighbours, dim=1, largest=False).values.mean(dim=1).numpy()
 
     def knn_distance(self, latents: torch.Tensor) -> np.ndarray:
         """``[M]`` mean distances of ``[M, D]`` latent vectors to their ``k`` nearest training vectors."""
-        if not self.has_latents:
-            raise ValueError("this applicability reference has no training latents")
-        train = self._standardised(self.latents)
-        return self._knn_mean(torch.cdist(self._standardised(latents.cpu()), train))
+        statistics = self._latent_statistics()
+        return self._knn_mean(torch.cdist(statistics.standardised(latents.cpu()), statistics.reference))
 
     def percentile(self, distances: np.ndarray) -> np.ndarray:
         """Percentage (0-100) of training structures whose leave-one-out kNN distance is <= each distance."""
-        if not self.has_latents:
-            raise ValueError("this applicability reference has no training latents")
-        ranks = np.searchsorted(self._training_distances, distances, side="right")
-        return 100.0 * ranks / self._training_distances.size
+        training_distances = self._latent_statistics().training_distances
+        ranks = np.searchsorted(training_distances, distances, side="right")
+        return 100.0 * ranks / training_distances.size
 
     def unseen(self, elements: set[str] | frozenset[str]) -> list[str]:
         """Sorted elements of ``elements`` absent from the training data."""

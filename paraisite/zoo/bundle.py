@@ -420,7 +420,7 @@ def extract_bundle(archive: str | os.PathLike, target: str | os.PathLike, expect
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            tar.extractall(staging, members=_same_entries(tar, entries), filter="data")
+            tar.extractall(staging, members=_same_entries(tar, archive, entries), filter="data")
         bundle = read_bundle(staging / entries[0].name.split("/")[0])  # verified before it takes the target's place
         if not _holds_exactly(bundle.root, manifest_bytes, members):
             raise BundleError(f"{archive}: the unpacked files differ from the archive's manifest")
@@ -434,10 +434,10 @@ def extract_bundle(archive: str | os.PathLike, target: str | os.PathLike, expect
     return Bundle(target, bundle.manifest, bundle.members)
 
 
-def _same_entries(tar: tarfile.TarFile, checked: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
-    """The entries of a reopened archive, refused unless they are the ones :func:`check_archive` accepted."""
-    entries = _archive_members(tar, Path(tar.name or "archive"))
+def _same_entries(tar: tarfile.TarFile, archive: Path, checked: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """The entries of ``archive``, reopened as ``tar``, refused unless they are those :func:`check_archive` accepted."""
+    entries = _archive_members(tar, archive)
     described = [(e.name, e.type, e.size) for e in entries]
     if described != [(e.name, e.type, e.size) for e in checked]:
-        raise BundleError(f"{tar.name}: the archive changed while it was being unpacked")
+        raise BundleError(f"{archive}: the archive changed while it was being unpacked")
     return entries

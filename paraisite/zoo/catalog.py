@@ -13,6 +13,7 @@ Two families:
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,17 +106,17 @@ class ZooEntry:
     published_error: str
     origin: str
 
-    @property
+    @builtins.property  # the field ``property`` shadows the builtin in this class body
     def step(self) -> str:
         """Step of an ensemble (``step3``)."""
         return self.origin.split("/")[0]
 
-    @property
+    @builtins.property
     def dataset(self) -> str:
         """Fine-tuning dataset of an ensemble (``Dataset1``)."""
         return self.origin.split("/")[1]
 
-    @property
+    @builtins.property
     def how_to_obtain(self) -> str:
         """How to get an ensemble that is not published yet."""
         return (
@@ -123,7 +124,7 @@ class ZooEntry:
             f"--step {self.step} --dataset {self.dataset} --name {self.name} --install`"
         )
 
-    @property
+    @builtins.property
     def unavailable_message(self) -> str:
         """The error when an ensemble is neither published nor installed."""
         return f"{self.name}: not yet published: {self.how_to_obtain}"

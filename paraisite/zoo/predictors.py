@@ -151,7 +151,8 @@ class LTCPredictor(Predictor):
         self.columns = LTC_ENSEMBLE_COLUMNS if ensemble else LTC_COLUMNS
         if self.calibration is not None:
             self.columns += LTC_INTERVAL_COLUMNS
-        self.references = list(references) if all(ref is not None for ref in references) else None
+        present = [ref for ref in references if ref is not None]
+        self.references = present if len(present) == len(references) else None
         if self.references is None:
             log.warning("%s: no applicability reference in (every) checkpoint; applicability columns stay empty", name)
             self.training_elements = None

@@ -60,8 +60,10 @@ class PublishedBundle:
     def row(self) -> dict[str, str]:
         """The row as written in ``published.tsv``."""
         asset = self.asset
-        values = (self.name, asset.repo, asset.tag, asset.file, asset.sha256, asset.size, self.members)
-        values += (f"{self.val_mape_mean:.4f}", f"{self.val_mape_std:.4f}", self.profile, self.protocol)
+        values = (
+            *(self.name, asset.repo, asset.tag, asset.file, asset.sha256, asset.size, self.members),
+            *(f"{self.val_mape_mean:.4f}", f"{self.val_mape_std:.4f}", self.profile, self.protocol),
+        )
         return dict(zip(TABLE_COLUMNS, map(str, values), strict=True))
 
 

@@ -262,7 +262,7 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
         }
         if prediction is not None:
             row.update({column: float(array[0]) for column, array in prediction.outputs.items()})
-            if prediction.percentile is not None:
+            if prediction.knn_distance is not None and prediction.percentile is not None:  # set together
                 row["latent_knn_distance"] = float(prediction.knn_distance[0])
                 row["latent_percentile"] = float(prediction.percentile[0])
             if unseen is not None:

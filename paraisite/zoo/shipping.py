@@ -181,6 +181,7 @@ def held_out_rows(
         for start in range(0, len(graph_set), batch_size):
             stop = min(start + batch_size, len(graph_set))
             prediction = predictor.predict(graph_set.graphs[start:stop])
+            assert prediction.member_tc is not None, "an LTCPredictor gives every member's TC"
             member_tc.append(prediction.member_tc)
             if prediction.percentile is not None:
                 percentiles.append(prediction.percentile)
@@ -255,7 +256,7 @@ def ship_ensemble(
 
     run_dirs = [run_dir for run_dir, _ in runs]
     sources = [resolve_run_checkpoint(run_dir) for run_dir in run_dirs]
-    members = []
+    members: list[dict[str, Any]] = []  # the manifest's member entries (JSON)
     for (_, metrics), source in zip(runs, sources, strict=True):
         file = f"seed{metrics['seed']}.ckpt.xz"
         write_compact_member(source, target / file)
@@ -275,7 +276,7 @@ def ship_ensemble(
     own_sources = dataset_sources(dataset)
     own_full = held_out_rows(full, f"{dataset} (own validation)", own_sources, trained)
     own = held_out_rows(compact, f"{dataset} (own validation)", own_sources, trained)
-    per_member = []
+    per_member: list[dict[str, Any]] = []
     for index, member in enumerate(members):
         mask = np.array([row in splits[index][1] for row in own.ids])
         mape_full = _member_mape(own_full, index, mask)

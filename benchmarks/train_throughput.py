@@ -19,7 +19,7 @@ import torch
 
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.data.graphs import MEGNetGraphBuilder, load_graph_set
-from paraisite.training.module import LTCRegressor
+from paraisite.models.regressor import LTCRegressor
 
 DATASETS = {"Dataset1": ["dataset1"], "Dataset2": ["dataset2"], "MIX": ["dataset1", "dataset2"], "AFLOW": ["aflow"]}
 

@@ -12,8 +12,9 @@ A ``.ckpt`` is a pickle. Two things could run someone else's code when one is op
    target that is not a class of :data:`ALLOWED_TARGET_MODULES` or of a ``paraisite.models`` module before anything
    is instantiated, so a checkpoint whose ``graph._target_`` is ``os.system`` is refused like a malicious pickle.
 
-:func:`load_ltc_checkpoint` does both and builds the :class:`~paraisite.training.module.LTCRegressor` from the
-verified dictionary (the file is read once: the bytes checked are the bytes loaded).
+:func:`paraisite.models.regressor.load_ltc_checkpoint` does both and builds the
+:class:`~paraisite.models.regressor.LTCRegressor` from the verified dictionary (the file is read once: the bytes
+checked are the bytes loaded).
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from paraisite.safety import MAX_CHECKPOINT_BYTES, decompressed, read_limited
-
-if TYPE_CHECKING:
-    from paraisite.training.module import LTCRegressor
 
 #: Modules whose classes a checkpoint's ``_target_`` may name (exactly ``<module>.<Class>``), besides any module
 #: directly in :data:`ALLOWED_TARGET_PACKAGE` (a new backbone module needs no entry here).
@@ -179,37 +177,6 @@ def dequantised(entries: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise ValueError(f"int8 weight {name!r}: expected int8 [R, C] with [R, ceil(C / {group})] scales")
         weights[name] = q.float() * scale.float().repeat_interleave(group, dim=1)[:, : q.shape[1]]
     return weights
-
-
-def load_ltc_checkpoint(
-    path: str | os.PathLike, *, expected_sha256: str | None = None
-) -> tuple[LTCRegressor, dict[str, Any]]:
-    """An :class:`~paraisite.training.module.LTCRegressor` from a checkpoint, loaded by the rules above.
-
-    Returns the model (CPU, eval mode) and the checkpoint dictionary (for its other entries, e.g. the
-    applicability reference).
-
-    Raises:
-        CheckpointTrustError: see :func:`load_checkpoint` and :func:`check_targets`; also a file that is not an
-            LTC checkpoint (no ``state_dict``/``hyper_parameters``, or weights that do not fit).
-    """
-    from paraisite.training.module import LTCRegressor
-
-    checkpoint = load_checkpoint(path, expected_sha256=expected_sha256)
-    hyper_parameters = checkpoint.get("hyper_parameters")
-    state_dict = checkpoint.get("state_dict")
-    if not isinstance(hyper_parameters, dict) or not isinstance(state_dict, dict):
-        raise CheckpointTrustError(f"{path}: not a paraisite LTC checkpoint (no hyper_parameters/state_dict)")
-    check_targets(hyper_parameters, path)
-    try:
-        state_dict = {**state_dict, **dequantised(checkpoint.get(INT8_KEY, {}))}
-        model = LTCRegressor(**hyper_parameters)
-        model.load_state_dict(state_dict, strict=True)
-    except Exception as error:
-        raise CheckpointTrustError(
-            f"{path}: not a paraisite LTC checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    return model.eval(), checkpoint
 
 
 def resolve_run_checkpoint(path: str | os.PathLike) -> Path:

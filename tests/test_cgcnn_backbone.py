@@ -16,12 +16,12 @@ from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO, CGCNNGraphBuilder
 from paraisite.data.graphs import GraphError, build_graphs, collate_item
 from paraisite.data.sources import CrystalRecord
+from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import predict_loader
 from paraisite.evaluation.metrics import ltc_metrics
 from paraisite.models.cgcnn import CGCNN_MODELS, CGCNNBackbone, load_cgcnn_pretrained
-from paraisite.training.module import LTCRegressor
+from paraisite.models.regressor import LTCRegressor
 from paraisite.training.train import build_datamodule, build_model, init_weights, train
-from paraisite.zoo.applicability import load_applicability
 from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 STATS = {"mean": 1.0, "std": 0.5}

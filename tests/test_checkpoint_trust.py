@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from paraisite.checkpoints import CheckpointTrustError, check_target, load_checkpoint, load_ltc_checkpoint
+from paraisite.checkpoints import CheckpointTrustError, check_target, load_checkpoint
 from paraisite.cli.main import main
+from paraisite.models.regressor import load_ltc_checkpoint
 from paraisite.safety import UnsafeFileError, decompressed
 from paraisite.zoo.predictors import load_predictor
 from tests.helpers import tiny_ltc_run

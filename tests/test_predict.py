@@ -15,11 +15,11 @@ from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
 from paraisite.data.sources import load_source, read_structure
+from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import load_cgcnn_pretrained
-from paraisite.training.module import LTCRegressor
+from paraisite.models.regressor import LTCRegressor
 from paraisite.training.train import build_datamodule
-from paraisite.zoo.applicability import load_applicability
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
 from tests.helpers import predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from pymatgen.core import Lattice, Structure
 from scipy.stats import spearmanr
 
-from paraisite.checkpoints import dequantised, load_ltc_checkpoint
+from paraisite.checkpoints import dequantised
 from paraisite.cli.main import main
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.uncertainty import (
@@ -28,6 +28,7 @@ from paraisite.evaluation.uncertainty import (
     cross_fitted_coverage,
     spearman,
 )
+from paraisite.models.regressor import load_ltc_checkpoint
 from paraisite.training.train import train
 from paraisite.zoo.bundle import BundleIntegrityError, read_bundle
 from paraisite.zoo.catalog import get_entry, model_card

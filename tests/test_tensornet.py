@@ -13,8 +13,8 @@ from pymatgen.core import Lattice, Molecule, Structure
 
 from paraisite.data.graphs import MEGNetGraphBuilder, collate_item
 from paraisite.evaluation.cross import predict_loader
+from paraisite.models.regressor import LTCRegressor
 from paraisite.models.tensornet import TensorNetBackbone, convert_destination_embedding, load_published_tensornet
-from paraisite.training.module import LTCRegressor
 from paraisite.training.train import build_datamodule, train
 from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 

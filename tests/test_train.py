@@ -18,12 +18,12 @@ from omegaconf import OmegaConf
 from paraisite.config import group_options, load_group_option
 from paraisite.data import registry
 from paraisite.data.target import TargetScaler
+from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import predict_loader
 from paraisite.evaluation.metrics import reference_tc
+from paraisite.models.regressor import LTCRegressor
 from paraisite.training.checks import ConfigValueError
-from paraisite.training.module import LTCRegressor
 from paraisite.training.train import build_datamodule, build_model, instantiate_group, run, train
-from paraisite.zoo.applicability import load_applicability
 from tests.helpers import FAST, compose_train, hydra_configs
 
 STATS = {"mean": 1.0, "std": 0.5}

@@ -12,7 +12,7 @@ from paraisite.evaluation.metrics import ltc_metrics, reference_tc
 
 
 class TCModel(Protocol):
-    """What evaluation needs of a model (e.g. :class:`~paraisite.training.module.LTCRegressor`)."""
+    """What evaluation needs of a model (e.g. :class:`~paraisite.models.regressor.LTCRegressor`)."""
 
     @property
     def scaler(self) -> TargetScaler:

@@ -26,9 +26,9 @@ from paraisite.data.datamodule import GraphDataset, LTCDataModule
 from paraisite.data.sampling import epoch_order
 from paraisite.data.target import decode_tc
 from paraisite.evaluation.metrics import ltc_metrics, reference_tc
+from paraisite.models.regressor import LTCRegressor, build_optimizers, ltc_loss, step_schedule
 from paraisite.models.stacked import StackedParameters, stacked_sequential
 from paraisite.safety import atomic_write
-from paraisite.training.module import LTCRegressor, build_optimizers, ltc_loss, step_schedule
 
 log = logging.getLogger(__name__)
 

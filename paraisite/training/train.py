@@ -27,13 +27,13 @@ from paraisite.checkpoints import load_checkpoint, resolve_run_checkpoint
 from paraisite.config import config_dir, load_group_option
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
+from paraisite.evaluation.applicability import attach_applicability
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.models.backbone import backbone_class
+from paraisite.models.regressor import LTCRegressor, load_ltc_checkpoint
 from paraisite.record import RunRecord, run_label, write_run_record
 from paraisite.training import record
 from paraisite.training.checks import check_run_config
-from paraisite.training.module import LTCRegressor
-from paraisite.zoo.applicability import attach_applicability
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,6 @@ def finish_run(
     start: float,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint (or ``model``) on its split and the cross datasets; write ``metrics.json``."""
-    from paraisite.checkpoints import load_ltc_checkpoint
-
     output_dir = Path(cfg.paths.output_dir)
     best = load_ltc_checkpoint(best_path)[0] if best_path else model.cpu()
     if best_path:  # training elements + latent vectors, for applicability flags at prediction time

@@ -2,7 +2,7 @@
 
 A :class:`Predictor` gives a picklable ``graph_builder`` (structure -> graph, run in worker processes) and
 ``predict(graphs)``: named value columns (units in the names) plus, where the model carries an applicability
-reference, kNN latent distances and percentiles (:mod:`paraisite.zoo.applicability`). :func:`load_predictor`
+reference, kNN latent distances and percentiles (:mod:`paraisite.evaluation.applicability`). :func:`load_predictor`
 resolves ``--model``: a zoo name, a ``.ckpt`` file, a run directory or a bundle directory.
 """
 
@@ -23,16 +23,16 @@ from hydra.utils import instantiate
 from pymatgen.core import Element, Structure
 from torch import nn
 
-from paraisite.checkpoints import load_ltc_checkpoint, resolve_run_checkpoint
+from paraisite.checkpoints import resolve_run_checkpoint
+from paraisite.evaluation.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
-from paraisite.zoo.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS, catalog
 from paraisite.zoo.published import fetch_bundle, published_bundles
 
 if TYPE_CHECKING:
-    from paraisite.training.module import LTCRegressor
+    from paraisite.models.regressor import LTCRegressor
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,11 @@ def load_checkpoints(
 ) -> LTCPredictor:
     """LTC checkpoints (with their applicability references, if any) as one predictor.
 
-    Each file is read once and loaded by :func:`paraisite.checkpoints.load_ltc_checkpoint` (weights only, allowed
-    classes only); ``sha256s`` (a bundle's manifest) are checked on the very bytes that are loaded.
+    Each file is read once and loaded by :func:`paraisite.models.regressor.load_ltc_checkpoint` (weights only,
+    allowed classes only); ``sha256s`` (a bundle's manifest) are checked on the very bytes that are loaded.
     """
+    from paraisite.models.regressor import load_ltc_checkpoint  # Lightning: only for LTC models, not for CGCNN
+
     models, references = [], []
     for index, path in enumerate(paths):
         model, checkpoint = load_ltc_checkpoint(path, expected_sha256=None if sha256s is None else sha256s[index])

@@ -4,7 +4,7 @@ A shipped ensemble is an ordinary bundle (:mod:`paraisite.zoo.bundle`: ``manifes
 sha256, verified on every load) whose members are *compact* (:func:`quantise_state_dict`; a third of the float32
 size): the MLP head's matrices in int8 with one scale per 32 input columns, the backbone in float16, plus the
 hyper-parameters and the applicability reference (latents in float16).
-:func:`paraisite.checkpoints.load_ltc_checkpoint` restores float32 weights. The manifest also carries what was
+:func:`paraisite.models.regressor.load_ltc_checkpoint` restores float32 weights. The manifest also carries what was
 measured when the ensemble was packed (:func:`ship_ensemble`):
 
 - ``figures``: each member's validation MAPE with float32 and with the stored weights (their change);
@@ -36,6 +36,7 @@ import paraisite
 from paraisite.checkpoints import INT8_KEY, load_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
+from paraisite.evaluation.applicability import APPLICABILITY_KEY
 from paraisite.evaluation.uncertainty import (
     Calibration,
     HeldOutRows,
@@ -44,7 +45,6 @@ from paraisite.evaluation.uncertainty import (
     to_log,
     uncertainty_report,
 )
-from paraisite.zoo.applicability import APPLICABILITY_KEY
 from paraisite.zoo.bundle import (
     BUNDLE_FORMAT,
     INFERENCE_KEYS,

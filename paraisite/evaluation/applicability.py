@@ -13,6 +13,7 @@ For LTC checkpoints the reference (training elements and latent vectors) travels
 the top-level key :data:`APPLICABILITY_KEY` (plain tensors, lists and numbers, readable with
 ``torch.load(..., weights_only=True)``); :func:`attach_applicability` writes it, :func:`load_applicability` reads it.
 The reference is the split the model was last trained on (for Step III: the fine-tuning dataset's training split).
+Training attaches it to each best checkpoint; the zoo's predictors read it.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def attach_applicability(checkpoint_path: str | os.PathLike, model: Any, train_d
 
     Args:
         checkpoint_path: the Lightning ``.ckpt`` of ``model``.
-        model: the :class:`~paraisite.training.module.LTCRegressor` saved in that file.
+        model: the :class:`~paraisite.models.regressor.LTCRegressor` saved in that file.
         train_dataloader: batches of the training split (any order).
     """
     path = Path(checkpoint_path)

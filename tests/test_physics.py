@@ -1,0 +1,108 @@
+"""Physics descriptors from TensorNet-MatPES: EOS fit, AGL Debye temperature, Slack LTC."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from paraisite.models.physics import (
+    DESCRIPTOR_NAMES,
+    EOSFitError,
+    EOSScanner,
+    ScanSettings,
+    birch_murnaghan_energy,
+    debye_temperature,
+    fit_birch_murnaghan,
+    gruneisen_parameter,
+    poisson_factor,
+    slack_conductivity,
+    source_descriptors,
+)
+
+#: Si (diamond), PBE all-electron (WIEN2k) equation of state of the Delta test: Lejaeghere et al., Science 351,
+#: aad3000 (2016), supplementary data: V0 = 20.453 A^3/atom, B0 = 88.545 GPa, B' = 4.31. (Experiment: 97.8 GPa.)
+SI_PBE_V0, SI_PBE_B0 = 20.453, 88.545
+#: Tolerances: universal potentials are known to soften bulk moduli; measured here V0 20.51 (+0.3 %),
+#: B0 80.2 GPa (-9.4 %), B' 3.06 with the default scan.
+V0_TOLERANCE, B0_TOLERANCE = 0.02, 0.15
+
+
+def silicon(a: float = 5.431) -> Structure:
+    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(a), ["Si"], [[0, 0, 0]]).get_primitive_structure()
+
+
+def test_fit_recovers_a_known_birch_murnaghan_curve():
+    volumes = np.linspace(35.0, 48.0, 9)
+    truth = (-10.5, 41.0, 0.55, 4.3)  # E0 (eV), V0 (A^3), B0 (eV/A^3: 88 GPa), B'
+    fit = fit_birch_murnaghan(volumes, birch_murnaghan_energy(volumes, *truth))
+    assert (fit.e0, fit.v0, fit.b0, fit.bprime) == pytest.approx(truth, rel=1e-6)
+    assert fit.b0_gpa == pytest.approx(0.55 * 160.21766, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("energies", "reason"),
+    [
+        (-((np.linspace(35.0, 48.0, 9) - 41.0) ** 2), "not convex"),  # a maximum, not a minimum
+        (np.linspace(0.0, -1.0, 9) + 0.001 * np.linspace(35.0, 48.0, 9) ** 2, "outside"),  # minimum beyond the scan
+    ],
+)
+def test_fit_refuses_unphysical_scans(energies, reason):
+    with pytest.raises(EOSFitError, match=reason):
+        fit_birch_murnaghan(np.linspace(35.0, 48.0, 9), energies)
+
+
+def test_agl_and_slack_formulas_match_their_published_constants():
+    assert poisson_factor(0.25) == pytest.approx(0.8600, abs=1e-4)
+    # Morelli & Slack's prefactor: A = 2.43e-6 / (1 - 0.514/g + 0.228/g^2) W/(m K) for amu, A and K.
+    gamma, theta, atoms = 1.7, 400.0, 2
+    kappa = slack_conductivity(theta, gamma, 20.0, 30.0, atoms, 300.0)
+    theta_a = theta * atoms ** (-1 / 3)
+    expected = 2.43e-6 / (1 - 0.514 / gamma + 0.228 / gamma**2) * 30.0 * theta_a**3 * 20.0 ** (1 / 3)
+    expected *= atoms ** (1 / 3) / (gamma**2 * 300.0)
+    assert kappa == pytest.approx(expected, rel=2e-3)
+    # gamma = -dln(theta_D)/dln(V) at constant sigma, with B(V) of a Birch-Murnaghan solid near V0
+    v0, b0, bprime, mass = 20.0, 90.0, 4.3, 28.0
+    step = 1e-4
+
+    def theta_at(volume: float) -> float:
+        pressure_slope = b0 * (1 + bprime * (v0 - volume) / v0)  # B(V) ~ B0 + B' P, P ~ B0 (V0 - V)/V0
+        return debye_temperature(pressure_slope, volume, mass, 0.25)
+
+    numeric = -(math.log(theta_at(v0 * (1 + step))) - math.log(theta_at(v0 * (1 - step)))) / (2 * step)
+    assert numeric == pytest.approx(gruneisen_parameter(bprime), rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def scanner():
+    return EOSScanner()
+
+
+def test_tensornet_matpes_bulk_modulus_of_silicon(scanner):
+    fit = scanner.fit(silicon())
+    assert fit.v0 / 2 == pytest.approx(SI_PBE_V0, rel=V0_TOLERANCE)
+    assert fit.b0_gpa == pytest.approx(SI_PBE_B0, rel=B0_TOLERANCE)
+    raw = dict(zip(DESCRIPTOR_NAMES, scanner.descriptors(silicon()), strict=True))
+    assert 450 < raw["debye_temperature_K"] < 700  # experiment 645 K
+    assert raw["slack_ltc_W_per_mK"] > 0
+
+
+def test_a_failing_fit_gives_nan_and_a_warning_naming_the_crystal(caplog):
+    # 25 % too large a cell scanned over +-1 %: the energy keeps falling towards smaller volumes
+    scanner = EOSScanner(ScanSettings(strains=(-0.01, -0.005, 0.0, 0.005, 0.01)))
+    with caplog.at_level(logging.WARNING, logger="paraisite.models.physics"):
+        raw = scanner.descriptors(silicon(5.431 * 1.25), name="stretched-Si")
+    assert np.isnan(raw).all()
+    assert "stretched-Si" in caplog.text
+
+
+def test_source_descriptors_are_cached(scanner):
+    ids = ["mp-23231", "mp-22922"]
+    first = source_descriptors("dataset1", ids, scanner=scanner)
+    assert np.isfinite(first).all()
+    # a scanner without a usable potential: any crystal it had to compute would come back NaN
+    unusable = EOSScanner(ScanSettings(), _potential=object())
+    np.testing.assert_array_equal(source_descriptors("dataset1", ids, scanner=unusable), first)

@@ -1,4 +1,4 @@
-"""Physics descriptors from TensorNet-MatPES: EOS fit, AGL Debye temperature, Slack LTC."""
+"""Physics descriptors from TensorNet-MatPES: EOS fit, AGL Debye temperature, Slack LTC, the opt-in head inputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from paraisite.config import group_options
 from paraisite.models.physics import (
     DESCRIPTOR_NAMES,
     EOSFitError,
@@ -22,6 +23,9 @@ from paraisite.models.physics import (
     slack_conductivity,
     source_descriptors,
 )
+from paraisite.models.regressor import LTCRegressor
+from paraisite.training.train import build_datamodule, train
+from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 #: Si (diamond), PBE all-electron (WIEN2k) equation of state of the Delta test: Lejaeghere et al., Science 351,
 #: aad3000 (2016), supplementary data: V0 = 20.453 A^3/atom, B0 = 88.545 GPa, B' = 4.31. (Experiment: 97.8 GPa.)
@@ -106,3 +110,35 @@ def test_source_descriptors_are_cached(scanner):
     # a scanner without a usable potential: any crystal it had to compute would come back NaN
     unusable = EOSScanner(ScanSettings(), _potential=object())
     np.testing.assert_array_equal(source_descriptors("dataset1", ids, scanner=unusable), first)
+
+
+def test_features_switch_trains_reloads_and_predicts(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_train(run_dir, "data=dataset1", "max_per_source=20", *FAST, "+features=eos")
+    result = train(cfg)
+    assert result["status"] == "completed"
+    model = LTCRegressor.load_from_checkpoint(result["best_checkpoint"], map_location="cpu")
+    assert len(model.hparams.physics["mean"]) == len(DESCRIPTOR_NAMES) == model.extra_inputs
+    assert model.head.layers[0].in_features == model.backbone.out_dim + len(DESCRIPTOR_NAMES)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    expected = [model.predict_tc(*batch[:3]) for batch in datamodule.val_dataloader()]
+    paths = write_validation_poscars(datamodule, tmp_path)
+    rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")  # descriptors computed from the files
+    predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
+    np.testing.assert_allclose(predicted, np.concatenate([e.detach().numpy() for e in expected]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("experiment", [None, *group_options("experiment")])
+def test_no_default_composition_has_physics_features(tmp_path, experiment):
+    # the switch is an optional group added only by +features=eos: every existing run keeps its config hash
+    for data in group_options("data"):
+        overrides = [f"data={data}", *([f"experiment={experiment}"] if experiment else [])]
+        assert "physics" not in compose_train(tmp_path, *overrides).model
+    assert compose_train(tmp_path, "+features=eos").model.physics.potential == ScanSettings().potential
+
+
+def test_features_refuse_the_stacked_ensemble(tmp_path):
+    cfg = compose_train(tmp_path, "data=dataset1", "max_per_source=20", *FAST, "+features=eos", "seeds=[1,2]")
+    with pytest.raises(ValueError, match="seeds=null"):
+        train(cfg)

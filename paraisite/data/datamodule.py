@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 TARGET_STATS_CHOICES = ("train", "dataset")
 
+#: ``provider(source, ids) -> [len(ids), k]`` extra per-crystal features (NaN where unknown), e.g. the physics
+#: descriptors of :mod:`paraisite.models.physics`; the training wiring attaches it (``LTCDataModule.attach_features``).
+FeatureProvider = Callable[[str, list[str]], np.ndarray]
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -36,15 +40,21 @@ class GraphDataset(Dataset):
     """Items ``(graph, lattice, state_attr, {"tc": TC})`` for matgl's ``collate_fn_graph``.
 
     Each graph also carries ``sample_index`` (position in this dataset) and ``label_stats`` ([1, 2]: mean
-    and std of log10(TC+1) over its whole source), which the paper protocol's label scaling needs.
+    and std of log10(TC+1) over its whole source), which the paper protocol's label scaling needs, and, when
+    ``features`` are given (source -> ``[len(graph set), k]``), ``extra_features`` ([1, k], raw, NaN where unknown).
     """
 
     def __init__(
-        self, graph_sets: dict[str, GraphSet], samples: Sequence[Sample], source_stats: dict[str, dict[str, float]]
+        self,
+        graph_sets: dict[str, GraphSet],
+        samples: Sequence[Sample],
+        source_stats: dict[str, dict[str, float]],
+        features: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.graph_sets = graph_sets
         self.samples = list(samples)
         self.source_stats = {k: torch.tensor([[v["mean"], v["std"]]]) for k, v in source_stats.items()}
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -56,12 +66,32 @@ class GraphDataset(Dataset):
         graph = item[0]
         graph.sample_index = torch.tensor([idx])
         graph.label_stats = self.source_stats[sample.source]
+        if self.features is not None:
+            graph.extra_features = self.features[sample.source][sample.index].reshape(1, -1)
         return item
+
+    def feature_rows(self) -> torch.Tensor:
+        """``[len, k]`` extra features of every sample, in order (requires ``features``)."""
+        if self.features is None:
+            raise RuntimeError("this dataset carries no extra features")
+        return torch.stack([self.features[s.source][s.index] for s in self.samples])
 
     @property
     def tc(self) -> torch.Tensor:
         """Targets (W/mK) of every sample, in order."""
         return torch.stack([self.graph_sets[s.source].tc[s.index] for s in self.samples])
+
+
+def feature_statistics(rows: torch.Tensor) -> dict[str, list[float]]:
+    """Per-column mean and std of ``[n, k]`` features, NaN left out; a column without spread gets std 1."""
+    rows = rows.double()
+    known = ~torch.isnan(rows)
+    count = known.sum(0).clamp_min(1)
+    mean = torch.where(known, rows, 0.0).sum(0) / count
+    var = (torch.where(known, rows - mean, 0.0) ** 2).sum(0) / count
+    std = torch.sqrt(var)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def split_indices(count: int, seed: int, val_fraction: float) -> tuple[list[int], list[int]]:
@@ -127,6 +157,15 @@ class LTCDataModule(pl.LightningDataModule):
         self.val_set: GraphDataset | None = None
         self.target_stats: dict[str, float] | None = None
         self.source_stats: dict[str, dict[str, float]] = {}
+        self.feature_provider: FeatureProvider | None = None
+        #: ``{"mean": [...], "std": [...]}`` of the extra features over the training split (NaN left out).
+        self.feature_stats: dict[str, list[float]] | None = None
+
+    def attach_features(self, provider: FeatureProvider) -> None:
+        """Give every sample extra features from ``provider`` (called in :meth:`setup` for the kept crystals)."""
+        if self.train_set is not None:
+            raise RuntimeError("attach features before setup()")
+        self.feature_provider = provider
 
     def setup(self, stage: str | None = None) -> None:
         """Load (or build) the graphs and make the split; idempotent."""
@@ -134,6 +173,7 @@ class LTCDataModule(pl.LightningDataModule):
             return
         graph_sets: dict[str, GraphSet] = {}
         source_stats: dict[str, dict[str, float]] = {}
+        features: dict[str, torch.Tensor] | None = None if self.feature_provider is None else {}
         train: list[Sample] = []
         val: list[Sample] = []
         for source in self.sources:
@@ -144,6 +184,10 @@ class LTCDataModule(pl.LightningDataModule):
                 generator = torch.Generator().manual_seed(self.seed)
                 indices = sorted(torch.randperm(len(indices), generator=generator)[: self.max_per_source].tolist())
             source_stats[source] = target_statistics(graph_set.tc[indices])
+            if features is not None and self.feature_provider is not None:
+                values = torch.as_tensor(self.feature_provider(source, [graph_set.ids[i] for i in indices]))
+                features[source] = torch.full((len(graph_set), values.shape[1]), float("nan"), dtype=torch.float32)
+                features[source][indices] = values.float()
             train_pos, val_pos = split_indices(len(indices), self.seed, self.val_fraction)
 
             def samples(positions: list[int], graph_set: GraphSet = graph_set, indices: list[int] = indices):
@@ -153,8 +197,10 @@ class LTCDataModule(pl.LightningDataModule):
             train += samples(train_pos)
             val += samples(val_pos)
         self.source_stats = source_stats
-        self.train_set = GraphDataset(graph_sets, train, source_stats)
-        self.val_set = GraphDataset(graph_sets, val, source_stats)
+        self.train_set = GraphDataset(graph_sets, train, source_stats, features)
+        self.val_set = GraphDataset(graph_sets, val, source_stats, features)
+        if features is not None:
+            self.feature_stats = feature_statistics(self.train_set.feature_rows())
         every = (
             self.train_set.tc if self.target_stats_mode == "train" else torch.cat([self.train_set.tc, self.val_set.tc])
         )
@@ -187,7 +233,9 @@ class LTCDataModule(pl.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """Sizes and statistics, for logs and metrics.json."""
+        extra = {} if self.feature_stats is None else {"feature_stats": self.feature_stats}
         return {
+            **extra,
             "name": self.name,
             "sources": self.sources,
             "seed": self.seed,

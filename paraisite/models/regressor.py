@@ -94,6 +94,10 @@ class LTCRegressor(pl.LightningModule):
         freeze_backbone: train only the head.
         backbone_lr: learning rate of the backbone parameters (default: the optimizer's).
         label_scaling: ``consistent`` (default) or ``paper`` (see :func:`reference_tc`).
+        physics: extra per-crystal inputs of the head (``+features=eos``): the scan settings of
+            :class:`~paraisite.models.physics.ScanSettings` plus ``mean`` and ``std`` (training split) of the
+            features; each graph's ``extra_features`` are standardised with them (unknown ones become 0, the
+            mean) and concatenated to the backbone's output. ``None`` (default): no extra inputs.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class LTCRegressor(pl.LightningModule):
         freeze_backbone: bool = False,
         backbone_lr: float | None = None,
         label_scaling: str = "consistent",
+        physics: dict | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -116,9 +121,12 @@ class LTCRegressor(pl.LightningModule):
         if label_scaling not in LABEL_SCALINGS:
             raise ValueError(f"label_scaling={label_scaling!r}; valid: {', '.join(LABEL_SCALINGS)}")
         backbone, head, graph = _plain(backbone), _plain(head), _plain(graph)
-        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
+        optimizer, scheduler, physics = _plain(optimizer), _plain(scheduler), _plain(physics)
+        # Only models with extra inputs carry the key: every other checkpoint's hyper-parameters stay as they were.
+        extra_hparams = {} if physics is None else {"physics": physics}
         self.save_hyperparameters(
             {
+                **extra_hparams,
                 "backbone": backbone,
                 "head": head,
                 "target_stats": dict(target_stats),
@@ -136,7 +144,17 @@ class LTCRegressor(pl.LightningModule):
         if not isinstance(built, Backbone):
             raise TypeError(f"{backbone['_target_']} is not a paraisite.models.backbone.Backbone")
         self.backbone: Backbone = built
-        self.head: nn.Module = instantiate(head, in_dim=self.backbone.out_dim)
+        extra = 0
+        if physics is not None:
+            if "mean" not in physics or "std" not in physics or len(physics["mean"]) != len(physics["std"]):
+                raise ValueError(
+                    "physics needs the training split's feature statistics 'mean' and 'std' (equal length)"
+                )
+            extra = len(physics["mean"])
+            self.register_buffer("extra_mean", torch.tensor(physics["mean"], dtype=torch.float32), persistent=False)
+            self.register_buffer("extra_std", torch.tensor(physics["std"], dtype=torch.float32), persistent=False)
+        self.extra_inputs = extra
+        self.head: nn.Module = instantiate(head, in_dim=self.backbone.out_dim + extra)
         self.scaler = TargetScaler(target_stats["mean"], target_stats["std"])
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -151,7 +169,20 @@ class LTCRegressor(pl.LightningModule):
     def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
         """Standardised log10(TC+1) per structure, shape [B]."""
         features = self.backbone(graph, lattice, state_attr)
+        if self.extra_inputs:
+            features = torch.cat([features, self.standardised_extra(graph, features.shape[0])], dim=1)
         return self.head(features).reshape(-1)
+
+    def standardised_extra(self, graph: Any, count: int) -> torch.Tensor:
+        """``[B, k]`` standardised ``extra_features`` of the graphs; unknown (NaN) values become 0 (the mean)."""
+        raw = getattr(graph, "extra_features", None)
+        if raw is None:
+            raise ValueError(
+                "this model takes physics features (hparams 'physics') but the graphs carry no extra_features: "
+                "build them with paraisite.models.physics (training: +features=eos; prediction: paraisite predict)"
+            )
+        raw = raw.reshape(count, -1).to(self.extra_mean)
+        return torch.nan_to_num((raw - self.extra_mean) / self.extra_std, nan=0.0)
 
     def predict_tc(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
         """TC in W/mK per structure."""

@@ -82,13 +82,31 @@ def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataMo
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.data.name, cfg.data.sources = other.name, other.sources
-    return instantiate(cfg.data)
+    datamodule: LTCDataModule = instantiate(cfg.data)
+    physics = cfg.model.get("physics")
+    if physics is not None:  # +features=eos: the crystals' physics descriptors, computed (or cached) by models
+        from paraisite.models.physics import SourceFeatures
+
+        settings = cast(dict[str, Any], OmegaConf.to_container(physics, resolve=True))
+        datamodule.attach_features(SourceFeatures(settings, str(cfg.data.get("on_bad_structure", "skip"))))
+    return datamodule
 
 
-def build_model(cfg: DictConfig, target_stats: dict[str, float]) -> LTCRegressor:
-    """The LightningModule from ``cfg.model`` (architecture only; weights are loaded by :func:`init_weights`)."""
+def build_model(
+    cfg: DictConfig, target_stats: dict[str, float], feature_stats: dict[str, list[float]] | None = None
+) -> LTCRegressor:
+    """The LightningModule from ``cfg.model`` (architecture only; weights are loaded by :func:`init_weights`).
+
+    ``feature_stats``: the training split's statistics of the extra features (``model.physics``, ``+features=eos``).
+    """
     model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     backbone_cfg, head_cfg = model_cfg.pop("backbone"), model_cfg.pop("head")
+    if model_cfg.get("physics") is not None:
+        if feature_stats is None:
+            raise ValueError("model.physics is set but the datamodule computed no feature statistics")
+        from paraisite.models.physics import FEATURE_NAMES
+
+        model_cfg["physics"] = {**model_cfg["physics"], "names": list(FEATURE_NAMES), **feature_stats}
     module_cls = get_class(model_cfg.pop("_target_"))
     return module_cls(
         backbone=backbone_cfg["net"], head=head_cfg, graph=backbone_cfg["graph"], target_stats=target_stats, **model_cfg
@@ -207,7 +225,7 @@ def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str,
     datamodule.setup()
     if datamodule.target_stats is None:
         raise RuntimeError(f"{datamodule.name}: no target statistics after setup()")
-    model = build_model(cfg, datamodule.target_stats)
+    model = build_model(cfg, datamodule.target_stats, datamodule.feature_stats)
     initialised = init_weights(model, cfg)
     return datamodule, model, initialised
 
@@ -281,6 +299,10 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     if cfg.trainer.get("gradient_clip_val"):
         raise ValueError("trainer.gradient_clip_val couples the members' gradients; not allowed with seeds=[...]")
+    if cfg.model.get("physics") is not None:
+        raise ValueError(
+            "physics features (+features=eos) have no stacked form: train seeds one by one (seeds=null seed=...)"
+        )
     start = time.perf_counter()
     code = provenance()
     check_pretrained_name(cfg)

@@ -109,10 +109,14 @@ class CGCNNPredictor(Predictor):
 
 
 @contextmanager
-def captured_inputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the first input of each call of ``module`` (here: the backbone features entering the head)."""
+def captured_outputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the output of each call of ``module`` (here: the backbone's, the latent of the applicability reference).
+
+    The backbone's output, not the head's input: a model with physics features (``+features=eos``) feeds the head
+    more than the backbone's features, while its reference holds backbone outputs (``collect_reference``).
+    """
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].detach()))
+    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output.detach()))
     try:
         yield captured
     finally:
@@ -145,7 +149,7 @@ class LTCPredictor(Predictor):
             raise ValueError(f"{name}: ensemble members use different graph settings: {graphs}")
         self.name = name
         self.models = [model.eval() for model in models]
-        self.builder = instantiate(graphs[0])
+        self.builder = physics_builder(name, models, instantiate(graphs[0]))
         self.ensemble = ensemble
         self.calibration = calibration if ensemble else None
         self.columns = LTC_ENSEMBLE_COLUMNS if ensemble else LTC_COLUMNS
@@ -173,7 +177,7 @@ class LTCPredictor(Predictor):
         graph, lattice, state_attr, _ = collate_fn_graph([collate_item(stored) for stored in graphs])
         member_tc, member_latents = [], []
         for model in self.models:
-            with captured_inputs(model.head) as latents:
+            with captured_outputs(model.backbone) as latents:
                 member_tc.append(model.predict_tc(graph, lattice, state_attr).double().cpu().numpy())
             member_latents.append(latents[0].reshape(len(graphs), -1))
         tc = np.stack(member_tc)
@@ -191,6 +195,23 @@ class LTCPredictor(Predictor):
         distances = [ref.knn_distance(z) for ref, z in zip(self.references, member_latents, strict=True)]
         percentiles = [ref.percentile(d) for ref, d in zip(self.references, distances, strict=True)]
         return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0), member_tc=tc)
+
+
+def physics_builder(name: str, models: Sequence[LTCRegressor], builder: Any) -> Any:
+    """``builder``, or for models trained with physics features (``+features=eos``) one that also computes them.
+
+    The descriptors of a new crystal come from its own energy-volume scan (:mod:`paraisite.models.physics`), with
+    the scan settings stored in the checkpoint; the members must share them.
+    """
+    settings = [model.hparams.get("physics") for model in models]
+    if all(s is None for s in settings):
+        return builder
+    from paraisite.models.physics import PhysicsGraphBuilder, ScanSettings
+
+    scans = [None if s is None else ScanSettings.from_dict(s) for s in settings]
+    if any(scan != scans[0] for scan in scans) or scans[0] is None:
+        raise ValueError(f"{name}: ensemble members use different physics features: {scans}")
+    return PhysicsGraphBuilder(builder, scans[0])
 
 
 def load_checkpoints(

@@ -1,9 +1,16 @@
-"""Where the Hydra configs live (in the package when installed, ``conf/`` in a checkout)."""
+"""Where the Hydra configs live (in the package when installed, ``conf/`` in a checkout), and their resolvers.
+
+Importing this module does no work: the resolvers the configs use are registered by :func:`register_resolvers`,
+which :func:`config_dir` calls, so whatever finds the configs (``paraisite-train``, ``hydra.compose`` in tests and
+benchmarks, :func:`load_group_option`) can resolve them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,14 +22,28 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
 
 
-OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)
-# The run layout, in conf/hydra/default.yaml and conf/experiment/step3.yaml, from paraisite.record's one definition.
-OmegaConf.register_new_resolver("run_label", run_label, replace=True)
-OmegaConf.register_new_resolver("run_path", run_path, replace=True)
+#: The OmegaConf resolvers of paraisite's configs: wandb's mode (``conf/logger/wandb.yaml``) and the run layout
+#: (``conf/hydra/default.yaml``, ``conf/experiment/step3.yaml``) from :mod:`paraisite.record`'s one definition.
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "wandb_offline": wandb_offline,
+    "run_label": run_label,
+    "run_path": run_path,
+}
+
+
+def register_resolvers() -> None:
+    """Register :data:`RESOLVERS` with OmegaConf, once per process (a later call leaves them as they are)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def config_dir() -> Path:
-    """The directory of ``train.yaml``: ``paraisite/conf`` in a wheel, the repository's ``conf/`` otherwise."""
+    """The directory of ``train.yaml``: ``paraisite/conf`` in a wheel, the repository's ``conf/`` otherwise.
+
+    Registers the configs' resolvers first (:func:`register_resolvers`).
+    """
+    register_resolvers()
     packaged = Path(__file__).resolve().parent / "conf"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,22 @@ def test_the_configs_use_the_run_layout(tmp_path: Path):
         )
     assert cfg.init_from == f"{tmp_path}/g/{run_path('step2', 'AFLOW', 4)}"
     assert cfg.hydra.sweep.subdir == run_path("step3", "MIX", 4)
+
+
+def test_resolvers_are_registered_once_by_finding_the_configs_not_by_importing():
+    script = """
+from omegaconf import OmegaConf
+import paraisite.config as config
+print(sorted(name for name in config.RESOLVERS if OmegaConf.has_resolver(name)))
+config.config_dir()
+config.register_resolvers()  # again: a second registration of a name would raise
+config.config_dir()
+print(sorted(name for name in config.RESOLVERS if OmegaConf.has_resolver(name)))
+layout = OmegaConf.create({"x": "${run_path:step2,AFLOW,7}", "y": "${run_label:1,[1,2]}"})
+print(OmegaConf.to_container(layout, resolve=True))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    before, after, resolved = result.stdout.splitlines()[-3:]
+    assert before == "[]"
+    assert after == "['run_label', 'run_path', 'wandb_offline']"
+    assert resolved == "{'x': 'step2/AFLOW/seed7', 'y': 'seeds1-2'}"

@@ -365,6 +365,14 @@ class CGCNNBackbone(Backbone):
     (the LTC head replaces it) and never applies the classification model's dropout: initialised from
     ``semi-metal-classification``, it gives that classifier's eval-mode features (dropout is the identity there) and
     fine-tunes without it (the head has its own ``dropout``).
+
+    Construction reads the element table ``atom_init.json`` through the registry (cache, then mirror, then the
+    network; sha256-pinned), on purpose and not deferred to :meth:`load_published`: the table is not a weight but the
+    input of every forward pass, from scratch or not, and it is a non-persistent buffer (the state dict keeps the
+    original CGCNN's names), so a module without it cannot compute anything. Every use of the backbone also reads
+    the same file to build its graphs (:class:`~paraisite.data.cgcnn_graph.CGCNNGraphBuilder`), so deferring would
+    spare no download; it would only move file and network access into the first forward pass of training or
+    prediction and change the module's buffers after construction (after ``.to(device)``).
     """
 
     graph_fields = ("atomic_numbers", "edge_dist", "edge_index")

@@ -38,14 +38,6 @@ from paraisite.training.checks import check_run_config
 log = logging.getLogger(__name__)
 
 
-def _wandb_offline() -> bool:
-    """Wandb stays offline unless the environment enables it (WANDB_MODE=online or an API key)."""
-    return os.environ.get("WANDB_MODE", "") != "online" and not os.environ.get("WANDB_API_KEY")
-
-
-OmegaConf.register_new_resolver("wandb_offline", _wandb_offline, replace=True)
-
-
 def provenance() -> dict[str, Any]:
     """Git revision and package versions, recorded with every run."""
     import matgl

@@ -79,6 +79,19 @@ def test_each_dataset_config_is_the_shared_base_plus_its_name_and_sources():
         assert list(raw.defaults) == ["base/ltc@_here_", "_self_"], option
 
 
+def test_each_step_experiment_takes_its_tags_and_cross_evaluation_from_the_shared_base(tmp_path):
+    """A step file sets its task, backbone and (Step III) starting point; what the steps share (tags, cross_eval) is
+    in ``conf/experiment/base/step.yaml``."""
+    assert group_options("experiment") == ["step1", "step2", "step3"]
+    for option in group_options("experiment"):
+        raw = load_group_option("experiment", option)
+        assert not {"tags", "cross_eval"} & set(raw), option
+        assert [raw.defaults[0], raw.defaults[-1]] == ["base/step", "_self_"], option
+        cfg = compose_train(tmp_path, f"experiment={option}", "data=mix", "seed=4")
+        assert list(cfg.tags) == [option, "MIX", cfg.model.backbone.name, "seed4"]
+        assert list(cfg.cross_eval) == ["dataset1", "dataset2", "mix", "aflow"]
+
+
 def test_wrong_option_and_key_are_caught_by_hydra(tmp_path):
     with pytest.raises(MissingConfigException) as error:
         compose_train(tmp_path, "data=dataset3")

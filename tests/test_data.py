@@ -45,6 +45,7 @@ def test_paraisite_sources_counts_and_ranges(name, count, low, high):
     assert all(r.structure.composition.reduced_formula for r in data.records)
 
 
+@pytest.mark.slow
 def test_aflow_pairs_3659_crystals_and_reports_unusable_graphs():
     data = load_source("aflow")
     assert data.report["paired"] == 3659

@@ -40,6 +40,7 @@ def cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_second_scan_on_the_same_output_is_refused_while_the_first_writes(tmp_path, sample_cifs):
     folder = tmp_path / "many"
     folder.mkdir()

@@ -50,6 +50,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         pytest.fail(f"`paraisite {' '.join(args)}` did not finish in {TIMEOUT_S} s (hung reader processes?)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "scan"])
 def test_large_cell_with_two_workers_finishes_and_equals_one_process(tmp_path, run_dir, large_and_small, command):
     pooled = tmp_path / "pooled.csv"

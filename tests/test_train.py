@@ -29,6 +29,7 @@ from tests.helpers import FAST, compose_train, hydra_configs
 STATS = {"mean": 1.0, "std": 0.5}
 
 
+@pytest.mark.slow
 def test_every_config_combination_composes_and_instantiates(tmp_path):
     groups = {
         "data": group_options("data"),

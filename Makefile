@@ -74,9 +74,9 @@ table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
 ZOO_SHIP := OMP_NUM_THREADS=1 $(BIN)/paraisite zoo ship $(LOG_DIR)/$(GROUP) --evidence experiments/ltc-zoo/rows
 zoo: install ## Pack a full sweep's LTC ensembles into paraisite/zoo/models (measured): make zoo GROUP=full-cpu-clean
 	$(ZOO_SHIP) --step step2 --dataset AFLOW --name ltc-step2-aflow --cross Dataset1 Dataset2
-	$(ZOO_SHIP) --step step3 --dataset Dataset1 --name ltc-step3-dataset1 --cross Dataset2
-	$(ZOO_SHIP) --step step3 --dataset Dataset2 --name ltc-step3-dataset2 --cross Dataset1
-	$(ZOO_SHIP) --step step3 --dataset MIX --name ltc-step3-mix
+	$(ZOO_SHIP) --step step2 --dataset Dataset1 --name ltc-step2-dataset1 --cross Dataset2 AFLOW
+	$(ZOO_SHIP) --step step2 --dataset Dataset2 --name ltc-step2-dataset2 --cross Dataset1 AFLOW
+	$(ZOO_SHIP) --step step2 --dataset MIX --name ltc-step2-mix --cross AFLOW
 	$(BIN)/python experiments/ltc-zoo/domain_evidence.py experiments/ltc-zoo/rows
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/

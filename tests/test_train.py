@@ -93,6 +93,26 @@ def test_each_step_experiment_takes_its_tags_and_cross_evaluation_from_the_share
         assert list(cfg.cross_eval) == ["dataset1", "dataset2", "mix", "aflow"]
 
 
+def test_the_budget_is_set_by_the_profile_only(tmp_path):
+    """A protocol says how labels, statistics and the schedule are handled; epochs, seeds and the shared training
+    settings are the same under both protocols for every profile."""
+    budget = (
+        "trainer",
+        "seeds",
+        "max_per_source",
+        "data.batch_size",
+        "model.loss",
+        "model.optimizer",
+        "model.scheduler",
+    )
+    for profile in group_options("profile"):
+        clean, paper = (compose_train(tmp_path, f"protocol={p}", f"profile={profile}") for p in ("clean", "paper"))
+        for key in budget:
+            assert OmegaConf.select(clean, key) == OmegaConf.select(paper, key), (profile, key)
+    for protocol in group_options("protocol"):
+        assert set(load_group_option("protocol", protocol)) == {"protocol"}, protocol
+
+
 def test_wrong_option_and_key_are_caught_by_hydra(tmp_path):
     with pytest.raises(MissingConfigException) as error:
         compose_train(tmp_path, "data=dataset3")

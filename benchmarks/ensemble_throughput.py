@@ -22,8 +22,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from paraisite.config import config_dir
+from paraisite.training.builders import member_config, prepare_run
 from paraisite.training.ensemble import EnsembleDataModule, EnsembleRegressor
-from paraisite.training.train import member_config, prepare_run
 
 #: Training-split sizes of the full table's jobs (80 % of each dataset's usable structures).
 FULL_TABLE_JOBS = {  # dataset: (training structures, validation structures, jobs: Steps I, II, III)

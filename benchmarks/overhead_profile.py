@@ -27,8 +27,8 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.profilers import SimpleProfiler
 
 from paraisite.config import config_dir
+from paraisite.training.builders import member_config, prepare_run
 from paraisite.training.ensemble import EnsembleDataModule, EnsembleRegressor
-from paraisite.training.train import member_config, prepare_run
 
 #: Profiled actions of the validation loop (it runs at the end of each training epoch).
 VALIDATION_ACTIONS = ("validation_step", "val_next", "on_validation_epoch_end")

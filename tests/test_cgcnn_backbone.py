@@ -21,7 +21,8 @@ from paraisite.evaluation.cross import predict_loader
 from paraisite.evaluation.metrics import ltc_metrics
 from paraisite.models.cgcnn import CGCNN_MODELS, CGCNNBackbone, load_cgcnn_pretrained
 from paraisite.models.regressor import LTCRegressor
-from paraisite.training.train import build_datamodule, build_model, init_weights, train
+from paraisite.training.builders import build_datamodule, build_model, init_weights
+from paraisite.training.train import train
 from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 STATS = {"mean": 1.0, "std": 0.5}

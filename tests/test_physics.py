@@ -25,7 +25,8 @@ from paraisite.models.physics import (
     source_descriptors,
 )
 from paraisite.models.regressor import LTCRegressor
-from paraisite.training.train import build_datamodule, train
+from paraisite.training.builders import build_datamodule
+from paraisite.training.train import train
 from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 #: Si (diamond), PBE all-electron (WIEN2k) equation of state of the Delta test: Lejaeghere et al., Science 351,

@@ -19,7 +19,7 @@ from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import load_cgcnn_pretrained
 from paraisite.models.regressor import LTCRegressor
-from paraisite.training.train import build_datamodule
+from paraisite.training.builders import build_datamodule
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
 from tests.helpers import predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars

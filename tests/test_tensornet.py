@@ -15,7 +15,8 @@ from paraisite.data.graphs import MEGNetGraphBuilder, collate_item
 from paraisite.evaluation.cross import predict_loader
 from paraisite.models.regressor import LTCRegressor
 from paraisite.models.tensornet import TensorNetBackbone, convert_destination_embedding, load_published_tensornet
-from paraisite.training.train import build_datamodule, train
+from paraisite.training.builders import build_datamodule
+from paraisite.training.train import train
 from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 NAME = "TensorNet-MatPES-PBE-v2025.1-PES"

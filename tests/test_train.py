@@ -22,8 +22,9 @@ from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import predict_loader
 from paraisite.evaluation.metrics import reference_tc
 from paraisite.models.regressor import LTCRegressor
+from paraisite.training.builders import build_datamodule, build_model, instantiate_group
 from paraisite.training.checks import ConfigValueError
-from paraisite.training.train import build_datamodule, build_model, instantiate_group, run, train
+from paraisite.training.train import run, train
 from tests.helpers import FAST, compose_train, hydra_configs
 
 STATS = {"mean": 1.0, "std": 0.5}

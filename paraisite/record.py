@@ -226,6 +226,15 @@ def write_run_record(path: str | os.PathLike, record: RunRecord) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether a process with this id runs on this machine (a record's ``pid``; ``None`` or junk: no)."""
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 def run_label(seed: int, seeds: Sequence[int] | None = None) -> str:
     """Directory name of a run: ``seed<k>``, or ``seeds<a>-<b>-...`` for an ensemble job (members: ``seed<k>``)."""
     if seeds:

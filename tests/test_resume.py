@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from paraisite.checkpoints import resolve_run_checkpoint
+from paraisite.cli.main import main
 from paraisite.training import record
 from paraisite.training.train import run
 from tests.helpers import compose_train, tiny_ltc_run
@@ -34,7 +36,7 @@ def _members(sweep: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path):
+def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path, capsys):
     epochs = 6
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # Uninterrupted reference.
@@ -62,6 +64,24 @@ def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path):
     status = json.loads((job / "ensemble.json").read_text())
     assert status["status"] == "running"  # recognisably interrupted, with the config it ran
     assert not (job.parent / "seed1" / "metrics.json").exists()
+    # The machine goes away: only the saved resume state survives, and it is all the resumed run needs.
+    sweep, state = tmp_path / "killed", tmp_path / "committed-state"
+    assert main(["state", "save", str(sweep), str(state)]) == 0
+    epoch = torch.load(state / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    saved = {p.relative_to(state).as_posix() for p in state.rglob("*") if p.is_file()}
+    assert {"seeds1-2/ensemble.json", "seeds1-2/checkpoints/last.ckpt", "seed1/checkpoints/best.ckpt"} <= saved
+    assert not any("hparams" in name or name.endswith(".log") for name in saved)  # only what resumes it
+    # A sweep that got further than the saved state keeps its own (the state is older than the run).
+    further = tmp_path / "further"
+    shutil.copytree(state, further)
+    later = torch.load(further / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)
+    later["epoch"] = epoch + 3
+    torch.save(later, further / "seeds1-2" / "checkpoints" / "last.ckpt")
+    assert main(["state", "restore", str(state), str(further)]) == 0
+    assert f"is at epoch {epoch + 3}, the saved state at {epoch}; kept the newer" in capsys.readouterr().out
+    assert torch.load(further / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == epoch + 3
+    shutil.rmtree(sweep)
+    assert main(["state", "restore", str(state), str(sweep)]) == 0
     # The same command again resumes and lands on the uninterrupted result.
     subprocess.run(_train_command(job, epochs), check=True, env=env, capture_output=True, timeout=600)
     resumed, expected = _members(job.parent), _members(reference.parent)
@@ -77,6 +97,12 @@ def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path):
     assert any(row["epoch"] == "0" for row in before)
     assert max(int(row["step"]) for row in before) <= min(int(row["step"]) for row in after), (before, after)
     assert max(int(row["epoch"]) for row in after if row["epoch"]) == epochs - 1
+    # Restoring the old state again changes nothing: the job is further on (completed) here.
+    stamp = (job / "ensemble.json").stat().st_mtime_ns
+    assert main(["state", "restore", str(state), str(sweep)]) == 0
+    assert (job / "ensemble.json").stat().st_mtime_ns == stamp
+    assert not (job / "checkpoints" / "last.ckpt").exists()
+    assert epoch >= 1
     # And once more: completed with this config, so nothing is trained or written.
     stamp = (job.parent / "seed1" / "metrics.json").stat().st_mtime_ns
     subprocess.run(_train_command(job, epochs), check=True, env=env, capture_output=True, timeout=600)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 from pathlib import Path
-from typing import Any
 
-from paraisite.record import RunRecord, RunRecordError, read_run_record, run_path
+from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
 PAPER_JOBS = {
@@ -31,14 +29,6 @@ def _seeds(text: str) -> list[int]:
         first, last = (int(part) for part in text.split("-", 1))
         return list(range(first, last + 1))
     return [int(part) for part in text.split(",") if part]
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 def _last_epoch(job_dir: Path) -> int | None:
@@ -64,7 +54,7 @@ def run_state(run_dir: Path) -> str:
     if record is None:
         return "pending"
     if record.status == "running":
-        return "running" if _alive(record.pid) else "interrupted"
+        return "running" if process_alive(record.pid) else "interrupted"
     return record.status
 
 
@@ -82,7 +72,7 @@ def run_status(args: argparse.Namespace) -> int:
             for job in sorted(job_root.glob("seeds*")):
                 record = _record(job / "ensemble.json")
                 if record is not None and record.status == "running":
-                    state = "running" if _alive(record.pid) else "interrupted"
+                    state = "running" if process_alive(record.pid) else "interrupted"
                     members = {int(s) for s in record.seeds or []}
                     states = [
                         state if seed in members and old == "pending" else old

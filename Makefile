@@ -59,6 +59,7 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 reproduce: install ## The paper's table: Steps I+II on 4 datasets, then Step III on 3 (PROFILE=quick|full)
+	if [ -d experiments/$(GROUP)/state ]; then $(BIN)/paraisite state restore experiments/$(GROUP)/state $(LOG_DIR)/$(GROUP); fi
 	$(BIN)/paraisite-train -m experiment=step1,step2 data=dataset1,dataset2,mix,aflow $(SWEEP)
 	$(BIN)/paraisite-train -m experiment=step3 data=dataset1,dataset2,mix $(SWEEP)
 	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)

@@ -137,21 +137,23 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in (group or {}).values() if entry is not None and "_target_" in entry]
 
 
-def keep_logged_history(loggers: list[Any]) -> list[Path]:
-    """Move a resumed run's earlier CSV metrics aside as ``metrics.part<k>.csv``; returns the moved files.
+def build_loggers(cfg: DictConfig, resume: bool) -> list[Any]:
+    """The run's loggers; on ``resume`` a CSV logger's earlier ``metrics.csv`` is first kept as ``metrics.part<k>.csv``.
 
-    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, which would throw away the
-    training curve of every epoch before the interruption.
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, which would throw away the training
+    curve of every epoch before the interruption.
     """
-    moved = []
+    loggers = instantiate_group(cfg.get("logger"))
+    if not resume:
+        return loggers
     for logger in loggers:
         if not isinstance(logger, CSVLogger):
             continue
         path = Path(logger.log_dir) / "metrics.csv"
         if path.is_file():
             part = len(list(path.parent.glob("metrics.part*.csv"))) + 1
-            moved.append(path.rename(path.with_name(f"metrics.part{part}.csv")))
-    return moved
+            path.rename(path.with_name(f"metrics.part{part}.csv"))
+    return loggers
 
 
 def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str, Any]]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paraisite.checkpoints import load_checkpoint
-from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record
+from paraisite.record import RunRecord, process_alive
 from paraisite.safety import atomic_write
+from paraisite.training.record import read_status
 
 #: Record files of a job: an ensemble job's, a single run's.
 RECORD_FILES = ("ensemble.json", "metrics.json")
@@ -35,14 +36,8 @@ class SavedJob:
 
 
 def _record(job: Path) -> RunRecord | None:
-    for name in RECORD_FILES:
-        try:
-            return read_run_record(job / name)
-        except FileNotFoundError:
-            continue
-        except RunRecordError:
-            return None
-    return None
+    """The job's record (an ensemble's or a single run's); ``None`` when it has none or it cannot be read."""
+    return next((read_status(job / name) for name in RECORD_FILES if (job / name).is_file()), None)
 
 
 def checkpoint_epoch(path: Path) -> int:

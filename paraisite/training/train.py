@@ -33,9 +33,9 @@ from paraisite.record import RunRecord, write_run_record
 from paraisite.training import record
 from paraisite.training.builders import (
     build_datamodule,
+    build_loggers,
     check_pretrained_name,
     instantiate_group,
-    keep_logged_history,
     member_config,
     prepare_run,
     provenance,
@@ -73,9 +73,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     resume = record.resumable(cfg) and last.is_file()
     record.mark_running(cfg)
     datamodule, model, initialised = prepare_run(cfg)
-    loggers = instantiate_group(cfg.get("logger"))
-    if resume:
-        keep_logged_history(loggers)
+    loggers = build_loggers(cfg, resume)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -167,9 +165,7 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     ensemble = EnsembleRegressor([model for _, model, _ in prepared])
     datamodule = EnsembleDataModule([dm for dm, _, _ in prepared])
     best_paths = [Path(member.paths.output_dir) / "checkpoints" / "best.ckpt" for member in configs]
-    loggers = instantiate_group(cfg.get("logger"))
-    if resume:
-        keep_logged_history(loggers)
+    loggers = build_loggers(cfg, resume)
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -68,8 +68,8 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
         "--workers",
         type=_non_negative_int,
         default=None,
-        help=f"processes reading files (0: read in this process; default: 0 below {MIN_FILES_PER_WORKER_POOL} files, "
-        "else the CPU count)",
+        help="processes that read, graph and predict, each with its own copy of the model (0 or 1: all in this "
+        f"process; default: 0 below {MIN_FILES_PER_WORKER_POOL} files, else the CPU count)",
     )
     parser.add_argument(
         "--max-percentile",
@@ -92,31 +92,20 @@ def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
         return _load_and_run(args, paths, scan_output)
 
 
-#: Below this many files, reading in the model's process is faster than starting reader processes: each spawned
-#: reader imports torch, pymatgen and the graph code (~3 s on 2 cores). 500 AFLOW CIFs with a CGCNN model: 7.0 s
+#: Below this many files, one process is faster than starting worker processes: each spawned worker imports torch,
+#: pymatgen and the graph code (~3 s on 2 cores). 500 AFLOW CIFs with a CGCNN model: 7.0 s
 #: with 0 workers, 14.6 s with 2 (machine shared with a training job).
 MIN_FILES_PER_WORKER_POOL = 1000
 
 
 def default_workers(files: int) -> int:
-    """Reader processes for ``files`` structure files: none for small inputs, one per core for large ones."""
+    """Worker processes for ``files`` structure files: none for small inputs, one per core for large ones."""
     return 0 if files < MIN_FILES_PER_WORKER_POOL else os.cpu_count() or 1
 
 
-def model_threads(workers: int) -> int:
-    """Torch threads for the model process beside ``workers`` reader processes: the cores they leave free."""
-    return max(1, (os.cpu_count() or 1) - workers)
-
-
 def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
-    import torch
-
     from paraisite.zoo.predictors import load_predictor  # torch, Lightning, matgl: only when predicting
 
-    if args.workers > 0:
-        # The readers already keep the cores busy: a model with a thread per core would oversubscribe them
-        # (1,000 AFLOW CIFs with a 9-member ensemble: 21 s with one model thread, 29-31 s with two).
-        torch.set_num_threads(max(1, model_threads(args.workers)))
     console = Console(stderr=True)
     predictor = load_predictor(args.model)
     columns = (

@@ -19,9 +19,14 @@ BACKBONES = group_options("model/backbone")
 
 def test_backbone_configs_are_the_files_of_the_group():
     assert sorted(path.stem for path in (config_dir() / "model" / "backbone").glob("*.yaml")) == BACKBONES
-    assert {"megnet_scratch", "megnet_pretrained", "cgcnn_scratch", "cgcnn_pretrained", "tensornet_matpes"} <= set(
-        BACKBONES
-    )
+    assert {
+        "megnet_scratch",
+        "megnet_pretrained",
+        "cgcnn_scratch",
+        "cgcnn_pretrained",
+        "tensornet_matpes",
+        "m3gnet_matpes",
+    } <= set(BACKBONES)
 
 
 @pytest.mark.parametrize("option", BACKBONES)

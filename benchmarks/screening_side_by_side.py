@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/screening_side_by_side.json"))
+    parser.add_argument("--note", default="", help="conditions to record with the figures (e.g. machine load)")
     args = parser.parse_args()
     paraisite = str(Path(sys.executable).with_name("paraisite"))
     env = dict(os.environ)
@@ -109,6 +110,7 @@ def main() -> None:
         "files": args.files,
         "runs": args.runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "note": args.note,
         "seconds": {name: [round(v, 2) for v in values] for name, values in seconds.items()},
         "structures_per_s_median": {name: round(rate, 1) for name, rate in rates.items()},
         "paraisite_cgcnn_over_original": round(rates["paraisite CGCNN"] / rates["original CGCNN predict.py"], 2),

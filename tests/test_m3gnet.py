@@ -1,8 +1,7 @@
-"""M3GNet-MatPES as an LTC backbone: published energies reproduced, features, a tiny fit, reload and prediction."""
+"""M3GNet-MatPES as an LTC backbone: published energies reproduced and the features (fit: test_potential_backbones)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from matgl.ext.pymatgen import Structure2Graph
@@ -10,12 +9,7 @@ from matgl.graph.data import collate_fn_graph
 from pymatgen.core import Lattice, Structure
 
 from paraisite.data.graphs import MEGNetGraphBuilder, collate_item
-from paraisite.evaluation.cross import predict_loader
 from paraisite.models.m3gnet import M3GNetBackbone, convert_destination_messages, load_published_m3gnet
-from paraisite.models.regressor import LTCRegressor
-from paraisite.training.builders import build_datamodule
-from paraisite.training.train import train
-from tests.helpers import FAST, compose_train, predict_with_cli, write_validation_poscars
 
 NAME = "M3GNet-MatPES-PBE-v2025.1-PES"
 #: Published energy (eV) of fcc Cu (ase.build.bulk("Cu"), a = 3.61 Å, one atom) with this potential:
@@ -30,7 +24,6 @@ DGL_ENERGIES = {"NaCl": -26.948444, "ZnO": -17.629559, "NaCl distorted": -26.912
 #: Allowed difference per atom from the DGL code: the three-body term, which no weight change converts
 #: (measured here: at most 8.5e-5 eV/atom, ZnO; 1.4e-4 eV/atom on Si, see the experiment note).
 TOLERANCE_PER_ATOM = 2e-4
-TINY = ("data=dataset1", "model/backbone=m3gnet_matpes", "max_per_source=20", *FAST)
 
 
 def crystals() -> dict[str, Structure]:
@@ -86,31 +79,3 @@ def test_backbone_features_are_the_mean_per_atom_representation_of_the_potential
         torch.testing.assert_close(features[index], per_atom.mean(dim=0), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"threebody_cutoff: 3\.0 here, 4\.0 published"):
         M3GNetBackbone(threebody_cutoff=3.0).load_published(NAME)
-
-
-def test_tiny_fit_reloads_and_predicts(tmp_path):
-    run_dir = tmp_path / "run"
-    cfg = compose_train(run_dir, *TINY)
-    result = train(cfg)
-    assert (result["status"], result["init"]["pretrained"]) == ("completed", NAME)
-    model = LTCRegressor.load_from_checkpoint(result["best_checkpoint"], map_location="cpu")
-    assert isinstance(model.backbone, M3GNetBackbone)
-    datamodule = build_datamodule(cfg)  # graphs from the cache this time
-    datamodule.setup()
-    predictions = predict_loader(model, datamodule.val_dataloader())
-    paths = write_validation_poscars(datamodule, tmp_path)
-    rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")
-    predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
-    np.testing.assert_allclose(predicted, predictions["pred_tc"].numpy(), rtol=1e-5)
-
-
-def test_frozen_backbone_keeps_the_published_weights(tmp_path):
-    cfg = compose_train(tmp_path, *TINY, "model.freeze_backbone=true", "+trainer.fast_dev_run=true")
-    result = train(cfg)
-    assert result["status"] == "completed"
-    published = M3GNetBackbone()
-    published.load_published(NAME)
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    trained = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
-    assert trained.keys() == published.state_dict().keys()
-    assert all(torch.equal(trained[key], value) for key, value in published.state_dict().items())

@@ -17,8 +17,6 @@ structures of ``tests/test_m3gnet.py`` (measurements: ``experiments/backbones-qu
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,9 @@ from matgl import load_model
 from matgl.config import DEFAULT_ELEMENTS
 from matgl.models import M3GNet
 from torch import nn
-from torch_geometric.nn import global_mean_pool
 
-from paraisite.data import registry
-from paraisite.models.architecture import check_same_architecture
-from paraisite.models.backbone import Backbone
-from paraisite.models.megnet import MATGL_REPO, MODEL_FILES, attach_positions
-
-logger = logging.getLogger(__name__)
+from paraisite.models.megnet import attach_positions
+from paraisite.models.potential import PotentialBackbone, published_matgl_dir, published_model_json
 
 #: Published M3GNet potentials: name -> folder in the matgl repository.
 PUBLISHED_M3GNET: dict[str, str] = {
@@ -52,15 +45,7 @@ def published_m3gnet_dir(name: str) -> Path:
     Raises:
         ValueError: ``name`` is not in :data:`PUBLISHED_M3GNET` (the message lists the valid names).
     """
-    if name not in PUBLISHED_M3GNET:
-        raise ValueError(f"unknown published M3GNet {name!r}; valid names: {', '.join(PUBLISHED_M3GNET)}")
-    folders = {registry.fetch(MATGL_REPO, f"{PUBLISHED_M3GNET[name]}/{file}").parent for file in MODEL_FILES}
-    (folder,) = folders
-    return folder
-
-
-def _published_model_json(name: str) -> dict[str, Any]:
-    return json.loads((published_m3gnet_dir(name) / "model.json").read_text())["kwargs"]["model"]
+    return published_matgl_dir(name, PUBLISHED_M3GNET)
 
 
 def convert_destination_messages(m3gnet: M3GNet) -> None:
@@ -100,7 +85,8 @@ def load_published_m3gnet(name: str) -> Any:
         ValueError: the files' ``@model_version``, this matgl's ``M3GNet.__version__`` and major version are not
             :data:`CONVERTED_VERSIONS` (a combination whose conversion was not verified).
     """
-    versions = (_published_model_json(name)["@model_version"], M3GNet.__version__, matgl.__version__.split(".")[0])
+    model_version = published_model_json(name, PUBLISHED_M3GNET)["@model_version"]
+    versions = (model_version, M3GNet.__version__, matgl.__version__.split(".")[0])
     if versions != CONVERTED_VERSIONS:
         raise ValueError(
             f"{name}: @model_version {versions[0]} loaded by M3GNet version {versions[1]} of matgl {versions[2]}.x; "
@@ -118,7 +104,7 @@ class _NoReadout(nn.Module):
         return node_feat.new_zeros((node_feat.shape[0], 1))
 
 
-class M3GNetBackbone(Backbone):
+class M3GNetBackbone(PotentialBackbone):
     """M3GNet up to its per-atom representation, mean-pooled per structure: a graph -> ``[B, dim_node_embedding]``.
 
     Defaults are the architecture of M3GNet-MatPES-PBE-v2025.1-PES. ``__init__`` builds random weights only; load
@@ -128,8 +114,7 @@ class M3GNetBackbone(Backbone):
     :class:`~paraisite.data.graphs.MEGNetGraphBuilder`.
     """
 
-    graph_fields = ("node_type", "frac_coords", "pbc_offset", "edge_index")
-    #: Constructor arguments that define the architecture (what must match a published model).
+    PUBLISHED = PUBLISHED_M3GNET
     ARCH_ARGS = (
         "element_types",
         "dim_node_embedding",
@@ -184,36 +169,18 @@ class M3GNetBackbone(Backbone):
         self.m3gnet.final_layer = _NoReadout()  # the per-atom energy readout
         self.out_dim = int(dim_node_embedding)
 
+    @property
+    def network(self) -> nn.Module:
+        """The M3GNet network."""
+        return self.m3gnet
+
     def atom_features(self, graph: Any, lattice: torch.Tensor) -> torch.Tensor:
         """``[N, out_dim]`` per-atom representation (the input of the potential's per-atom energy readout)."""
         attach_positions(graph, lattice)
         self.m3gnet(graph)
         return self.m3gnet.feature_dict[f"gc_{self.arch['nblocks']}"]["node_feat"]
 
-    def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
-        """Mean over each structure's atoms of :meth:`atom_features`: ``[B, out_dim]``; ``state_attr`` is unused."""
-        index = getattr(graph, "batch", None)
-        if index is None:
-            index = torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.frac_coords.device)
-        size = lattice.shape[0] if lattice.dim() == 3 else 1
-        return global_mean_pool(self.atom_features(graph, lattice), index, size=size)
-
     @classmethod
-    def published_names(cls) -> tuple[str, ...]:
-        """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
-        return tuple(PUBLISHED_M3GNET)
-
-    def load_published(self, name: str) -> None:
-        """Copy every tensor of a published potential (converted) except its per-atom energy readout.
-
-        Raises:
-            ValueError: unknown ``name`` (the message lists the valid names), or this backbone's architecture
-                differs from the published one.
-            RuntimeError: tensors are missing, unexpected or of another shape (from ``load_state_dict``).
-        """
-        published_args = _published_model_json(name)["init_args"]
-        check_same_architecture("M3GNetBackbone", name, self.arch, published_args, self.ARCH_ARGS)
-        published = load_published_m3gnet(name).model
-        state = {key: value for key, value in published.state_dict().items() if not key.startswith("final_layer.")}
-        self.m3gnet.load_state_dict(state, strict=True)
-        logger.info("Loaded %d tensors of %s into M3GNetBackbone (left out its energy readout).", len(state), name)
+    def load_published_potential(cls, name: str) -> Any:
+        """:func:`load_published_m3gnet`."""
+        return load_published_m3gnet(name)

@@ -13,8 +13,6 @@ trained and published the MatPES weights (matgl at the pinned commit, ``@model_v
 
 from __future__ import annotations
 
-import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,9 @@ from matgl import load_model
 from matgl.config import DEFAULT_ELEMENTS
 from matgl.models import TensorNet
 from torch import nn
-from torch_geometric.nn import global_mean_pool
 
-from paraisite.data import registry
-from paraisite.models.architecture import check_same_architecture
-from paraisite.models.backbone import Backbone
-from paraisite.models.megnet import MATGL_REPO, MODEL_FILES, attach_positions
-
-logger = logging.getLogger(__name__)
+from paraisite.models.megnet import attach_positions
+from paraisite.models.potential import PotentialBackbone, published_matgl_dir, published_model_json
 
 #: Published TensorNet potentials: name -> folder in the matgl repository.
 PUBLISHED_TENSORNET: dict[str, str] = {
@@ -48,15 +41,7 @@ def published_tensornet_dir(name: str) -> Path:
     Raises:
         ValueError: ``name`` is not in :data:`PUBLISHED_TENSORNET` (the message lists the valid names).
     """
-    if name not in PUBLISHED_TENSORNET:
-        raise ValueError(f"unknown published TensorNet {name!r}; valid names: {', '.join(PUBLISHED_TENSORNET)}")
-    folders = {registry.fetch(MATGL_REPO, f"{PUBLISHED_TENSORNET[name]}/{file}").parent for file in MODEL_FILES}
-    (folder,) = folders
-    return folder
-
-
-def _published_model_json(name: str) -> dict[str, Any]:
-    return json.loads((published_tensornet_dir(name) / "model.json").read_text())["kwargs"]["model"]
+    return published_matgl_dir(name, PUBLISHED_TENSORNET)
 
 
 def convert_destination_embedding(tensornet: TensorNet) -> None:
@@ -89,7 +74,7 @@ def load_published_tensornet(name: str) -> Any:
         ValueError: the files' ``@model_version`` and this matgl's ``TensorNet.__version__`` are not
             :data:`CONVERTED_VERSIONS` (a combination whose conversion was not verified).
     """
-    versions = (_published_model_json(name)["@model_version"], TensorNet.__version__)
+    versions = (published_model_json(name, PUBLISHED_TENSORNET)["@model_version"], TensorNet.__version__)
     if versions != CONVERTED_VERSIONS:
         raise ValueError(
             f"{name}: @model_version {versions[0]} loaded by matgl's TensorNet version {versions[1]}; only "
@@ -103,7 +88,7 @@ def load_published_tensornet(name: str) -> Any:
     return potential
 
 
-class TensorNetBackbone(Backbone):
+class TensorNetBackbone(PotentialBackbone):
     """TensorNet up to its per-atom representation, mean-pooled per structure: a graph -> ``[B, units]``.
 
     Defaults are the architecture of TensorNet-MatPES-PBE-v2025.1-PES. ``__init__`` builds random weights only;
@@ -113,8 +98,7 @@ class TensorNetBackbone(Backbone):
     :class:`~paraisite.data.graphs.MEGNetGraphBuilder`.
     """
 
-    graph_fields = ("node_type", "frac_coords", "pbc_offset", "edge_index")
-    #: Constructor arguments that define the architecture (what must match a published model).
+    PUBLISHED = PUBLISHED_TENSORNET
     ARCH_ARGS = (
         "element_types",
         "units",
@@ -167,35 +151,17 @@ class TensorNetBackbone(Backbone):
         self.tensornet.final_layer = nn.Identity()  # the per-atom energy readout
         self.out_dim = int(units)
 
+    @property
+    def network(self) -> nn.Module:
+        """The TensorNet network."""
+        return self.tensornet
+
     def atom_features(self, graph: Any, lattice: torch.Tensor) -> torch.Tensor:
         """``[N, out_dim]`` per-atom representation (the input of the potential's per-atom energy readout)."""
         attach_positions(graph, lattice)
         return self.tensornet.forward_features(graph)["readout"]
 
-    def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
-        """Mean over each structure's atoms of :meth:`atom_features`: ``[B, out_dim]``; ``state_attr`` is unused."""
-        index = getattr(graph, "batch", None)
-        if index is None:
-            index = torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.frac_coords.device)
-        size = lattice.shape[0] if lattice.dim() == 3 else 1
-        return global_mean_pool(self.atom_features(graph, lattice), index, size=size)
-
     @classmethod
-    def published_names(cls) -> tuple[str, ...]:
-        """Names accepted by :meth:`load_published` (``model.backbone.pretrained``)."""
-        return tuple(PUBLISHED_TENSORNET)
-
-    def load_published(self, name: str) -> None:
-        """Copy every tensor of a published potential (converted) except its per-atom energy readout.
-
-        Raises:
-            ValueError: unknown ``name`` (the message lists the valid names), or this backbone's architecture
-                differs from the published one.
-            RuntimeError: tensors are missing, unexpected or of another shape (from ``load_state_dict``).
-        """
-        published_args = _published_model_json(name)["init_args"]
-        check_same_architecture("TensorNetBackbone", name, self.arch, published_args, self.ARCH_ARGS)
-        published = load_published_tensornet(name).model
-        state = {key: value for key, value in published.state_dict().items() if not key.startswith("final_layer.")}
-        self.tensornet.load_state_dict(state, strict=True)
-        logger.info("Loaded %d tensors of %s into TensorNetBackbone (left out its energy readout).", len(state), name)
+    def load_published_potential(cls, name: str) -> Any:
+        """:func:`load_published_tensornet`."""
+        return load_published_tensornet(name)

@@ -17,6 +17,7 @@ Training data are read by :mod:`paraisite.data.sources` (verified upstream files
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
 from pathlib import Path
@@ -146,6 +147,8 @@ def validate_structure(structure: Structure, source: str | Path) -> None:
             f"{source}: cell volume {volume:.4g} A^3 for {count} atoms is (near) zero "
             f"(less than {MIN_VOLUME_PER_ATOM} A^3 per atom)"
         )
+    if not _may_overlap(structure):
+        return
     centres, neighbours, _, distances = structure.get_neighbor_list(MIN_DISTANCE)
     if len(distances):
         closest = int(np.argmin(distances))
@@ -154,3 +157,43 @@ def validate_structure(structure: Structure, source: str | Path) -> None:
             f"{source}: overlapping atoms: sites {first} ({structure[first].species_string}) and {second} "
             f"({structure[second].species_string}) are {distances[closest]:.3f} A apart (less than {MIN_DISTANCE} A)"
         )
+
+
+#: Largest (atoms x atoms x cell images) table :func:`_may_overlap` builds; larger structures take pymatgen's search.
+MAX_OVERLAP_TABLE = 200_000
+#: Added to :data:`MIN_DISTANCE` by :func:`_may_overlap`, so that rounding can never hide a pair pymatgen finds.
+OVERLAP_MARGIN = 0.01
+
+
+def _may_overlap(structure: Structure) -> bool:
+    """Whether two atoms (or an atom and a periodic image of itself) may be closer than :data:`MIN_DISTANCE`.
+
+    False only when every such distance is at least ``MIN_DISTANCE + OVERLAP_MARGIN``: then pymatgen's neighbour
+    search (which finds the pair and names it) would find nothing. All pairs at once, for small structures: a vector
+    of length ``r`` has fractional components of at most ``r / spacing`` along each axis, so the images of each pair
+    within ``r`` are among the few cell shifts around the nearest one.
+    """
+    reach = MIN_DISTANCE + OVERLAP_MARGIN
+    matrix = structure.lattice.matrix
+    spacings = 1 / np.sqrt((np.linalg.inv(matrix) ** 2).sum(axis=0))
+    bounds = tuple(int(bound) for bound in np.ceil(reach / spacings + 0.5))
+    count = len(structure)
+    shifts = _cell_shifts(bounds)
+    if count * count * len(shifts) > MAX_OVERLAP_TABLE:
+        return True
+    frac = structure.frac_coords
+    difference = frac[None, :, :] - frac[:, None, :]
+    difference -= np.round(difference)
+    vectors = (difference @ matrix)[:, :, None, :] + (shifts @ matrix)[None, None, :, :]
+    squared = np.einsum("ijsk,ijsk->ijs", vectors, vectors)
+    squared[np.arange(count), np.arange(count), len(shifts) // 2] = np.inf  # an atom and itself (no shift)
+    return bool((squared < reach**2).any())
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_shifts(bounds: tuple[int, int, int]) -> np.ndarray:
+    """Integer cell shifts ``[-b, b]`` along each axis, ``[S, 3]``, the zero shift in the middle (read-only)."""
+    axes = [np.arange(-bound, bound + 1) for bound in bounds]
+    shifts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+    shifts.flags.writeable = False
+    return shifts

@@ -1,10 +1,11 @@
-"""CIF reading: pymatgen's ``Structure.from_file`` against paraisite's reader; print and write JSON.
+"""CIF reading: pymatgen's ``Structure.from_file`` against paraisite's readers; print and write JSON.
 
 Usage: ``python benchmarks/cif_reading.py [--aflow 5578] [--out cif_reading.json]``. Files come from the registry
 (set ``PARAISITE_MIRROR`` / ``PARAISITE_CACHE`` offline): the 10 CGCNN sample CIFs (full space-group symmetry, where
 the symmetry expansion dominates) and AFLOW CIFs (mostly low symmetry). For every file the two structures are
 compared exactly (lattice, species, labels, fractional coordinates, site properties); the count of differences is
-part of the output and should be 0.
+part of the output and should be 0. ``paraisite_input`` times what ``paraisite predict`` does per file
+(:func:`~paraisite.data.inputs.read_input_structure`: file checks, reading, validation).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from pymatgen.core import Structure
 
 from paraisite.data import registry
-from paraisite.data.sources import read_structure
+from paraisite.data.inputs import read_input_structure
+from paraisite.data.sources import StructureFileError, read_structure
 
 
 def identical(ours: Structure, theirs: Structure) -> bool:
@@ -34,10 +36,18 @@ def identical(ours: Structure, theirs: Structure) -> bool:
     )
 
 
+def read_input(path: Path) -> Structure | None:
+    """``paraisite predict``'s reader; None for a file it refuses."""
+    try:
+        return read_input_structure(path)
+    except StructureFileError:
+        return None
+
+
 def compare(paths: list[Path], repeats: int) -> dict:
-    """Best-of-``repeats`` ms per file for both readers, and the number of differing structures."""
-    timings = {"pymatgen": np.inf, "paraisite": np.inf}
-    readers = {"pymatgen": Structure.from_file, "paraisite": read_structure}
+    """Best-of-``repeats`` ms per file for each reader, and the number of differing structures."""
+    timings = {"pymatgen": np.inf, "paraisite": np.inf, "paraisite_input": np.inf}
+    readers = {"pymatgen": Structure.from_file, "paraisite": read_structure, "paraisite_input": read_input}
     for _ in range(repeats):
         for label, reader in readers.items():
             start = time.perf_counter()
@@ -45,13 +55,23 @@ def compare(paths: list[Path], repeats: int) -> dict:
                 reader(path)
             timings[label] = min(timings[label], (time.perf_counter() - start) / len(paths) * 1000)
     differing = [str(path) for path in paths if not identical(read_structure(path), Structure.from_file(path))]
+    inputs = [(path, read_input(path)) for path in paths]
+    refused = [str(path) for path, structure in inputs if structure is None]
+    differing_input = [
+        str(path)
+        for path, structure in inputs
+        if structure is not None and not identical(structure, Structure.from_file(path))
+    ]
     return {
         "files": len(paths),
         "pymatgen_ms_per_file": round(timings["pymatgen"], 2),
         "paraisite_ms_per_file": round(timings["paraisite"], 2),
+        "paraisite_input_ms_per_file": round(timings["paraisite_input"], 2),
         "speedup": round(timings["pymatgen"] / timings["paraisite"], 2),
         "differing_structures": len(differing),
         "differing_files": differing[:20],
+        "differing_input_structures": len(differing_input),
+        "refused_by_input_reader": refused[:20],
     }
 
 

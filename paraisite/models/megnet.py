@@ -45,9 +45,13 @@ def published_megnet_dir(name: str) -> Path:
     """
     if name not in PUBLISHED_MEGNET:
         raise KeyError(f"unknown published MEGNet {name!r}; valid names: {', '.join(PUBLISHED_MEGNET)}")
-    folders = {registry.fetch(MATGL_REPO, f"{PUBLISHED_MEGNET[name]}/{file}").parent for file in MODEL_FILES}
-    (folder,) = folders
-    return folder
+    return fetch_matgl_model(PUBLISHED_MEGNET[name])
+
+
+def fetch_matgl_model(folder: str) -> Path:
+    """Fetch the files (:data:`MODEL_FILES`) of a model folder of the matgl repository; return their local folder."""
+    (local,) = {registry.fetch(MATGL_REPO, f"{folder}/{file}").parent for file in MODEL_FILES}
+    return local
 
 
 def published_megnet_arch(name: str) -> dict[str, Any]:

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 from torch_geometric.nn import global_mean_pool
 
-from paraisite.data import registry
 from paraisite.models.architecture import check_same_architecture
 from paraisite.models.backbone import Backbone
-from paraisite.models.megnet import MATGL_REPO, MODEL_FILES
+from paraisite.models.megnet import fetch_matgl_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +34,7 @@ def published_matgl_dir(name: str, published: dict[str, str]) -> Path:
     """
     if name not in published:
         raise ValueError(f"unknown published model {name!r}; valid names: {', '.join(published)}")
-    folders = {registry.fetch(MATGL_REPO, f"{published[name]}/{file}").parent for file in MODEL_FILES}
-    (folder,) = folders
-    return folder
+    return fetch_matgl_model(published[name])
 
 
 def published_model_json(name: str, published: dict[str, str]) -> dict[str, Any]:

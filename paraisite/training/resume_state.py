@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paraisite.checkpoints import load_checkpoint
-from paraisite.record import RunRecord, process_alive
+from paraisite.record import RunRecord, process_alive, run_label
 from paraisite.safety import atomic_write
 from paraisite.training.record import read_status
 
@@ -55,7 +55,7 @@ def _job_files(job: Path, record: RunRecord) -> list[Path]:
     ]
     if record.seeds:  # ensemble: the members are the job's siblings seed<k>
         for seed in record.seeds:
-            member = job.parent / f"seed{seed}"
+            member = job.parent / run_label(seed)
             files += [member / "checkpoints" / "best.ckpt", member / "config_resolved.yaml"]
     else:
         files += sorted((job / "checkpoints").glob("*.ckpt"))

@@ -38,6 +38,47 @@ def test_stacked_megnet_equals_each_member(source):
         assert len(sizes) > 1, "the AFLOW batches should need padding"
 
 
+def test_a_diverged_member_leaves_the_others_as_they_are():
+    """A member whose weights are NaN changes no other member's features or gradients, bit for bit.
+
+    Padding rows are multiplied by a 0 mask, exact for finite values but NaN for inf or NaN; they must
+    stay inside their own member (a full-budget AFLOW ensemble once turned NaN as a whole this way).
+    """
+    batches = []
+    for seed in (1, 2, 3):
+        datamodule = LTCDataModule(name="x", sources=["aflow"], seed=seed, max_per_source=200)
+        datamodule.setup()
+        graph, lattice, state, _ = next(iter(datamodule.train_dataloader()))
+        batches.append((graph, lattice, state))
+    # The diverged member (1) must be padded, i.e. not hold the most nodes.
+    batches.sort(key=lambda batch: int(batch[0].num_nodes))
+    assert int(batches[1][0].num_nodes) < int(batches[2][0].num_nodes)
+
+    def features_and_grads(diverged: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        members = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            members.append(MEGNetBackbone())
+        stacked = StackedMEGNet(members)
+        if diverged:
+            with torch.no_grad():
+                for name in stacked.params.names:
+                    stacked.params[name][1] = float("nan")
+        features = stacked(StackedGraphs.from_batches(batches))
+        features[[0, 2]].sum().backward()
+        grads = {name: param.grad[[0, 2]] for name, param in stacked.params.items() if param.grad is not None}
+        return features.detach(), grads
+
+    finite_features, finite_grads = features_and_grads(diverged=False)
+    nan_features, nan_grads = features_and_grads(diverged=True)
+    assert bool(torch.isnan(nan_features[1]).all())
+    assert torch.equal(nan_features[[0, 2]], finite_features[[0, 2]])
+    assert nan_grads.keys() == finite_grads.keys()
+    assert len(finite_grads) > 50
+    for name, finite in finite_grads.items():
+        assert torch.equal(nan_grads[name], finite), name
+
+
 ENSEMBLE_RUN = ("data=dataset2", "max_per_source=60", *FAST, "trainer.max_epochs=2", "cross_eval=[dataset1]")
 
 

@@ -2,10 +2,10 @@
 
 Layout: member ``m``'s batch has ``n_m`` nodes, ``e_m`` edges and ``B`` graphs (the same ``B`` for every
 member). Node features are padded to ``[M, N, F]`` with ``N = max n_m`` (flat index ``m * N + i``; padding
-rows are masked out of every sum, mean and softmax). Edges, ~15x more numerous and more uneven between
-members, are not padded: ``[sum e_m, F]``, member ``m`` in rows ``edge_offsets[m]:edge_offsets[m+1]``,
-their Linear layers one matmul per member. Graphs are ``m * B + b``. Verified member by member against
-:class:`paraisite.models.megnet.MEGNetBackbone` in the tests.
+rows belong to their own member's first graph and are masked out of every sum, mean and softmax). Edges,
+~15x more numerous and more uneven between members, are not padded: ``[sum e_m, F]``, member ``m`` in rows
+``edge_offsets[m]:edge_offsets[m+1]``, their Linear layers one matmul per member. Graphs are ``m * B + b``.
+Verified member by member against :class:`paraisite.models.megnet.MEGNetBackbone` in the tests.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ class StackedGraphs:
             node_type[m, :nodes] = graph.node_type
             node_mask[m, :nodes] = 1.0
             node_graph[m, :nodes] = graph.batch + m * num_graphs
+            # Padding rows join their own member's first graph: masked (x 0) out of its sums, and never another
+            # member's (inf x 0 is NaN, so one diverged member would reach every other one).
+            node_graph[m, nodes:] = m * num_graphs
             sources.append(graph.edge_index[0] + m * max_nodes)
             targets.append(graph.edge_index[1] + m * max_nodes)
             distances.append(dist)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -44,6 +45,25 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file as dicts."""
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
+
+
+def assert_same_rows(rows: list[dict[str, str]], expected: list[dict[str, str]], rtol: float = 1e-6) -> None:
+    """Two CSVs' rows are the same: same columns, order and text; numbers equal to float32 rounding.
+
+    Worker processes batch other crystals together and run one thread each, and a crystal's last float32 bit
+    depends on both (CGCNN's small readout matmuls take other kernels); nothing else may differ.
+    """
+    assert len(rows) == len(expected)
+    for row, reference in zip(rows, expected, strict=True):
+        assert row.keys() == reference.keys()
+        for key, value in row.items():
+            if value == reference[key]:
+                continue
+            try:
+                number, reference_number = float(value), float(reference[key])
+            except ValueError:
+                raise AssertionError(f"{key}: {value!r} != {reference[key]!r}") from None
+            assert math.isclose(number, reference_number, rel_tol=rtol), (key, value, reference[key])
 
 
 def write_validation_poscars(datamodule: LTCDataModule, folder: Path) -> list[str]:

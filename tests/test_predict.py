@@ -22,7 +22,7 @@ from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
-from tests.helpers import predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars
+from tests.helpers import assert_same_rows, predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_bad_files_are_error_rows_and_folders_are_recursed(tmp_path, sample_cifs
 
     pooled = tmp_path / "pooled.csv"
     run_predictions(formation_energy, paths, pooled, batch_size=2, workers=2)
-    assert read_rows(pooled) == read_rows(output)
+    assert_same_rows(read_rows(pooled), read_rows(output))
 
 
 def test_ltc_checkpoint_predicts_its_validation_predictions(tmp_path, ltc_run):

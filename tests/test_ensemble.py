@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
+from paraisite.cli.main import main
 from paraisite.data.datamodule import LTCDataModule
+from paraisite.evaluation.metrics import final_problem, ltc_metrics, prediction_problem
 from paraisite.models.megnet import MEGNetBackbone
 from paraisite.models.megnet_stacked import StackedGraphs, StackedMEGNet
 from paraisite.training.train import train
@@ -104,6 +106,8 @@ def test_ensemble_member_equals_plain_run(tmp_path, backbone):
         for key in ("mape", "mae_log10"):
             assert math.isclose(member["cross"]["Dataset1"][key], plain["cross"]["Dataset1"][key], rel_tol=1e-4)
         assert math.isclose(member["final"]["val/mape"], plain["final"]["val/mape"], rel_tol=1e-4)
+        assert final_problem(member["final"]) is None
+        assert final_problem(plain["final"]) is None
         assert (member_dir / "checkpoints" / "best.ckpt").is_file()
         assert (member_dir / "config_resolved.yaml").is_file()
 
@@ -119,3 +123,38 @@ def test_ensemble_step3_members_start_from_their_own_seeds_step2_model(tmp_path)
         expected = tmp_path / "g" / "step2" / "AFLOW" / f"seed{seed}" / "checkpoints" / "best.ckpt"
         assert member["init"]["init_from"] == str(expected)
         assert member["status"] == "completed"
+
+
+def test_prediction_problem_tells_constant_and_not_finite_predictions_from_healthy_ones():
+    true = torch.tensor([1.0, 2.0, 5.0, 10.0])
+    healthy = ltc_metrics(true * torch.tensor([1.3, 0.8, 1.1, 0.9]), true)
+    assert healthy["pred_spread_log10"] > 0.3
+    assert prediction_problem(healthy) is None
+    constant = ltc_metrics(torch.full((4,), 3.0), true)
+    assert constant["pred_spread_log10"] == 0.0
+    assert prediction_problem(constant).startswith("constant predictions")
+    assert prediction_problem(ltc_metrics(torch.tensor([1.0, math.nan, 2.0, 3.0]), true)) == "not finite predictions"
+    assert prediction_problem({"mape": 0.4}) is None  # a record from before the spread was measured
+    assert final_problem({"val/mape": math.nan, "val/loss": 1.0}) == "not finite predictions"
+
+
+def test_collapsed_members_are_named_in_warnings_records_and_status(tmp_path, caplog, capsys):
+    """At learning rate 0.1 every head ReLU dies at once: both members predict one constant from epoch 0."""
+    job = tmp_path / "g" / "step1" / "Dataset1" / "seeds1-2"
+    overrides = ("experiment=step1", "data=dataset1", "max_per_source=24", *FAST, "trainer.max_epochs=2")
+    cfg = compose_train(
+        job, *overrides, f"paths.log_dir={tmp_path}", "group=g", "seeds=[1,2]", "model.optimizer.lr=0.1"
+    )
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    messages = [record.getMessage() for record in caplog.records]
+    for seed in (1, 2):
+        named = [m for m in messages if m.startswith(f"seed {seed}: constant predictions")]
+        assert len(named) == 1, messages  # once per change, not once per epoch
+        assert "at epoch 0" in named[0]
+        record = json.loads((tmp_path / "g" / "step1" / "Dataset1" / f"seed{seed}" / "metrics.json").read_text())
+        assert record["final"]["val/pred_spread_log10"] < 1e-6
+        assert any(str(job.parent / f"seed{seed}") in m and "at the last epoch" in m for m in messages)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "g"), "--seeds", "1,2"]) == 0
+    assert "seeds 1, 2: constant predictions at the last epoch" in capsys.readouterr().out

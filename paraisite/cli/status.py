@@ -1,4 +1,7 @@
-"""``paraisite status SWEEP_DIR``: which runs of a sweep are done, failed, running, interrupted or pending."""
+"""``paraisite status SWEEP_DIR``: which runs of a sweep are done, failed, running, interrupted or pending.
+
+Completed seeds whose last epoch predicted one constant or a not finite value are named below their job.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import csv
 from pathlib import Path
 
+from paraisite.evaluation.metrics import final_problem
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
@@ -58,6 +62,17 @@ def run_state(run_dir: Path) -> str:
     return record.status
 
 
+def _problems(sweep_dir: Path, step: str, dataset: str, seeds: list[int]) -> dict[str, list[int]]:
+    """Seeds of completed runs whose last epoch predicted constant or not finite values, by problem."""
+    found: dict[str, list[int]] = {}
+    for seed in seeds:
+        record = _record(sweep_dir / run_path(step, dataset, seed) / "metrics.json")
+        problem = final_problem(record.final or {}) if record and record.status == "completed" else None
+        if problem:
+            found.setdefault(problem.split(" (")[0], []).append(seed)
+    return found
+
+
 def run_status(args: argparse.Namespace) -> int:
     """Print one line per (step, dataset): counts per state, and the ensemble job's progress; exit 1 on failures."""
     seeds = _seeds(args.seeds)
@@ -86,5 +101,8 @@ def run_status(args: argparse.Namespace) -> int:
                 totals[state] = totals.get(state, 0) + count
             summary = ", ".join(f"{count} {state}" for state, count in counts.items())
             print(f"{step:6} {dataset:9} {summary}{progress}")
+            for problem, bad in _problems(args.sweep_dir, step, dataset, seeds).items():
+                label = "seed" if len(bad) == 1 else "seeds"
+                print(f"{'':16} {label} {', '.join(map(str, bad))}: {problem} at the last epoch")
     print("total: " + ", ".join(f"{count} {state}" for state, count in totals.items()))
     return 1 if totals.get("failed") else 0

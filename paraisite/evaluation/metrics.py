@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 
 from paraisite.data.target import decode_tc
 
 #: Floor (W/mK) applied to predictions before taking log10, so a badly wrong prediction stays finite.
 LOG_FLOOR = 1e-6
+#: Below this standard deviation of log10 predicted TC over a split, a model predicts one constant (collapsed).
+#: Measured: a fresh MEGNet after 2 epochs spreads 8e-5, collapsed full-budget AFLOW members about 1e-7, and a
+#: head whose ReLUs all died exactly 0.
+COLLAPSED_SPREAD_LOG10 = 1e-6
 #: How labels are scored: against the true TC, or the paper's distorted reference (see :func:`reference_tc`).
 LABEL_SCALINGS = ("consistent", "paper")
 
@@ -32,7 +39,11 @@ def reference_tc(
 
 
 def ltc_metrics(pred_tc: torch.Tensor, true_tc: torch.Tensor) -> dict[str, float]:
-    """MAPE of TC (a fraction), MAE and RMSE of log10 TC, and R2 of log10 TC."""
+    """MAPE of TC (a fraction), MAE and RMSE of log10 TC, R2 of log10 TC, and the spread of the predictions.
+
+    ``pred_spread_log10`` is the standard deviation of log10 predicted TC over the split: about 0 for a model
+    that predicts one value for every crystal (see :func:`prediction_problem`).
+    """
     pred_tc, true_tc = pred_tc.double().flatten(), true_tc.double().flatten()
     mape = torch.mean(torch.abs(pred_tc - true_tc) / true_tc)
     log_pred, log_true = torch.log10(pred_tc.clamp_min(LOG_FLOOR)), torch.log10(true_tc)
@@ -44,4 +55,28 @@ def ltc_metrics(pred_tc: torch.Tensor, true_tc: torch.Tensor) -> dict[str, float
         "mae_log10": float(error.abs().mean()),
         "rmse_log10": float(torch.sqrt(torch.mean(error**2))),
         "r2_log10": float(r2),
+        "pred_spread_log10": float(log_pred.std(unbiased=False)),
     }
+
+
+def prediction_problem(metrics: Mapping[str, float]) -> str | None:
+    """What is wrong with the predictions these :func:`ltc_metrics` were computed from, or ``None``.
+
+    ``not finite predictions`` (a diverged model: NaN or inf somewhere), or ``constant predictions`` (the same TC
+    for every crystal: a collapsed model, e.g. a head whose units no longer fire). Records written before the
+    spread was measured can only show the first.
+    """
+    mape, spread = metrics.get("mape"), metrics.get("pred_spread_log10")
+    if mape is None:
+        return None
+    if not math.isfinite(mape) or (spread is not None and not math.isfinite(spread)):
+        return "not finite predictions"
+    if spread is not None and spread < COLLAPSED_SPREAD_LOG10:
+        return f"constant predictions (log10 spread {spread:.1e})"
+    return None
+
+
+def final_problem(final: Mapping[str, float]) -> str | None:
+    """:func:`prediction_problem` of a run record's ``final`` (the last epoch's ``val/...`` metrics)."""
+    prefix = "val/"
+    return prediction_problem({k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)})

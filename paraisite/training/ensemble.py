@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from paraisite.data.datamodule import GraphDataset, LTCDataModule
 from paraisite.data.sampling import epoch_order
 from paraisite.data.target import decode_tc
-from paraisite.evaluation.metrics import ltc_metrics, reference_tc
+from paraisite.evaluation.metrics import ltc_metrics, prediction_problem, reference_tc
 from paraisite.models.regressor import LTCRegressor, build_optimizers, ltc_loss, step_schedule
 from paraisite.models.stacked import StackedParameters, stacked_sequential
 from paraisite.safety import atomic_write
@@ -242,13 +242,20 @@ class MemberCheckpoint(Callback):
     validation it also writes the ensemble's resume state to ``resume_path`` (atomically, after the
     members' files, so the two always agree); the best scores are part of that state, so a resumed
     ensemble keeps choosing as the uninterrupted one would.
+
+    A member whose validation predictions turn constant or not finite (:func:`prediction_problem`) is named in a
+    warning the first epoch it does so (and again if it recovers), with the best checkpoint it keeps.
     """
 
-    def __init__(self, paths: Sequence[Path], resume_path: Path | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[Path], resume_path: Path | None = None, names: Sequence[str] | None = None
+    ) -> None:
         self.resume_path = None if resume_path is None else Path(resume_path)
         self.paths = [Path(p) for p in paths]
+        self.names = list(names) if names is not None else [f"member {m}" for m in range(len(self.paths))]
         self.best: list[float] = [math.inf] * len(self.paths)
         self.best_epoch: list[int | None] = [None] * len(self.paths)
+        self.problems: list[str | None] = [None] * len(self.paths)
 
     @property
     def state_key(self) -> str:
@@ -265,6 +272,7 @@ class MemberCheckpoint(Callback):
         for m, metrics in enumerate(pl_module.member_metrics["val"]):
             score = metrics["mape"]
             if math.isnan(score) or not score < self.best[m]:
+                self._report_problem(m, prediction_problem(metrics), trainer.current_epoch)
                 continue
             self.best[m], self.best_epoch[m] = score, trainer.current_epoch
             shell = pl_module.member_module(m)
@@ -276,8 +284,24 @@ class MemberCheckpoint(Callback):
                 "pytorch-lightning_version": pl.__version__,
             }
             atomic_write(self.paths[m], functools.partial(torch.save, checkpoint))
+            self._report_problem(m, prediction_problem(metrics), trainer.current_epoch)
         if self.resume_path is not None and trainer.is_global_zero:
-            atomic_write(self.resume_path, trainer.save_checkpoint)
+            atomic_write(self.resume_path, functools.partial(trainer.save_checkpoint, weights_only=False))
+
+    def _report_problem(self, member: int, problem: str | None, epoch: int) -> None:
+        if problem == self.problems[member]:
+            return
+        self.problems[member] = problem
+        name = self.names[member]
+        if problem is None:
+            log.warning("%s: validation predictions are healthy again at epoch %d", name, epoch)
+            return
+        kept = (
+            f"its best checkpoint (epoch {self.best_epoch[member]}, val MAPE {self.best[member]:.4f}) is kept"
+            if self.best_epoch[member] is not None
+            else "it has no best checkpoint yet"
+        )
+        log.warning("%s: %s at epoch %d; %s", name, problem, epoch, kept)
 
     def state_dict(self) -> dict[str, Any]:
         """Best scores so far (restored on resume)."""

@@ -28,6 +28,7 @@ from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.applicability import attach_applicability
 from paraisite.evaluation.cross import evaluate_on
+from paraisite.evaluation.metrics import final_problem
 from paraisite.models.regressor import LTCRegressor, load_ltc_checkpoint
 from paraisite.record import RunRecord, write_run_record
 from paraisite.training import record
@@ -130,6 +131,9 @@ def finish_run(
         other = build_datamodule(cfg, name)
         result["cross"][other.name] = evaluate_on(best, other, scaling)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    problem = final_problem(result.get("final") or {})
+    if problem:
+        log.warning("%s: %s at the last epoch; its best checkpoint was scored", output_dir, problem)
     write_run_record(output_dir / "metrics.json", RunRecord(**result))
     log.info("best validation MAPE %.4f; metrics in %s", result["best"]["mape"], output_dir / "metrics.json")
     return result
@@ -169,7 +173,8 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) if not isinstance(c, ModelCheckpoint)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(MemberCheckpoint(best_paths, resume_path=last))
+    names = [f"seed {int(seed)}" for seed in cfg.seeds]
+    callbacks.append(MemberCheckpoint(best_paths, resume_path=last, names=names))
     # MemberCheckpoint writes every checkpoint; Lightning's default one would add a 52 MB copy per epoch.
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False

@@ -263,10 +263,11 @@ def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_s
         ("data.batch_size=0", "data.batch_size=0: an integer >= 1"),
         ("seeds=[1,1]", "seeds=[1, 1]: null or a non-empty list of distinct integers"),
         ("model.head.dropout=1.5", "model.head.dropout=1.5: a number in [0, 1)"),
+        ("callbacks=early_stopping seeds=[1,2]", "callbacks.early_stopping with seeds=[1, 2]: it would stop every"),
     ],
 )
 def test_bad_config_values_are_refused_before_anything_runs(tmp_path, override, message):
-    cfg = compose_train(tmp_path / "run", *FAST, override)
+    cfg = compose_train(tmp_path / "run", *FAST, *override.split())
     with pytest.raises(ConfigValueError) as error:
         train(cfg)
     assert message in str(error.value)

@@ -66,6 +66,14 @@ def check_run_config(cfg: DictConfig) -> None:
             "seeds",
             "null or a non-empty list of distinct integers",
         )
+        callbacks = _get(cfg, "callbacks") or {}
+        for name, callback in callbacks.items():
+            target = str(callback.get("_target_", "")) if isinstance(callback, dict) else ""
+            if target.rsplit(".", 1)[-1] == "EarlyStopping":
+                problems.append(
+                    f"callbacks.{name} with seeds={values}: it would stop every member at once on their mean "
+                    "val/mape; train the seeds one by one (seeds=null seed=...) to stop each on its own"
+                )
     threads = _get(cfg, "threads")
     if threads is not None:
         need(_integer(threads) and threads >= 1, "threads", "null or an integer >= 1")

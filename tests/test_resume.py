@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import lzma
 import math
 import os
 import shutil
@@ -67,16 +69,38 @@ def test_killed_ensemble_resumes_exactly_and_is_then_skipped(tmp_path, capsys):
     # The machine goes away: only the saved resume state survives, and it is all the resumed run needs.
     sweep, state = tmp_path / "killed", tmp_path / "committed-state"
     assert main(["state", "save", str(sweep), str(state)]) == 0
-    epoch = torch.load(state / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    packed = state / "seeds1-2" / "checkpoints" / "last.ckpt.xz"
+    assert packed.stat().st_size < (job / "checkpoints" / "last.ckpt").stat().st_size
+    epoch = torch.load(io.BytesIO(lzma.decompress(packed.read_bytes())), weights_only=True)["epoch"]
     saved = {p.relative_to(state).as_posix() for p in state.rglob("*") if p.is_file()}
-    assert {"seeds1-2/ensemble.json", "seeds1-2/checkpoints/last.ckpt", "seed1/checkpoints/best.ckpt"} <= saved
+    assert {"seeds1-2/ensemble.json", "seeds1-2/checkpoints/last.ckpt.xz", "seed1/checkpoints/best.ckpt.xz"} <= saved
+    assert not any(name.endswith(".ckpt") for name in saved)  # each checkpoint once, compressed
     assert not any("hparams" in name or name.endswith(".log") for name in saved)  # only what resumes it
     # A sweep that got further than the saved state keeps its own (the state is older than the run).
     further = tmp_path / "further"
-    shutil.copytree(state, further)
+    assert main(["state", "restore", str(state), str(further)]) == 0
+    assert (further / "seed1" / "checkpoints" / "best.ckpt").read_bytes() == (
+        job.parent / "seed1" / "checkpoints" / "best.ckpt"
+    ).read_bytes()
+    # A state saved before checkpoints were compressed restores the same files; saving over it leaves one copy.
+    old_state, from_old = tmp_path / "old-state", tmp_path / "from-old"
+    shutil.copytree(state, old_state)
+    for path in old_state.rglob("*.ckpt.xz"):
+        path.with_suffix("").write_bytes(lzma.decompress(path.read_bytes()))
+        path.unlink()
+    assert main(["state", "restore", str(old_state), str(from_old)]) == 0
+    restored = sorted(p.relative_to(from_old) for p in from_old.rglob("*") if p.is_file())
+    assert restored == sorted(p.relative_to(further) for p in further.rglob("*") if p.is_file())
+    for path in restored:
+        assert (from_old / path).read_bytes() == (further / path).read_bytes(), path
+    assert main(["state", "save", str(sweep), str(old_state)]) == 0
+    assert sorted(p.relative_to(old_state) for p in old_state.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(state) for p in state.rglob("*") if p.is_file()
+    )
     later = torch.load(further / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)
     later["epoch"] = epoch + 3
     torch.save(later, further / "seeds1-2" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
     assert main(["state", "restore", str(state), str(further)]) == 0
     assert f"is at epoch {epoch + 3}, the saved state at {epoch}; kept the newer" in capsys.readouterr().out
     assert torch.load(further / "seeds1-2" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == epoch + 3

@@ -271,22 +271,23 @@ class MemberCheckpoint(Callback):
             return
         for m, metrics in enumerate(pl_module.member_metrics["val"]):
             score = metrics["mape"]
-            if math.isnan(score) or not score < self.best[m]:
-                self._report_problem(m, prediction_problem(metrics), trainer.current_epoch)
-                continue
-            self.best[m], self.best_epoch[m] = score, trainer.current_epoch
-            shell = pl_module.member_module(m)
-            checkpoint = {
-                "state_dict": shell.state_dict(),
-                "hyper_parameters": dict(shell.hparams),
-                "epoch": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "pytorch-lightning_version": pl.__version__,
-            }
-            atomic_write(self.paths[m], functools.partial(torch.save, checkpoint))
+            if not math.isnan(score) and score < self.best[m]:
+                self._save_member(trainer, pl_module, m, score)
             self._report_problem(m, prediction_problem(metrics), trainer.current_epoch)
         if self.resume_path is not None and trainer.is_global_zero:
             atomic_write(self.resume_path, functools.partial(trainer.save_checkpoint, weights_only=False))
+
+    def _save_member(self, trainer: pl.Trainer, pl_module: EnsembleRegressor, m: int, score: float) -> None:
+        self.best[m], self.best_epoch[m] = score, trainer.current_epoch
+        shell = pl_module.member_module(m)
+        checkpoint = {
+            "state_dict": shell.state_dict(),
+            "hyper_parameters": dict(shell.hparams),
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "pytorch-lightning_version": pl.__version__,
+        }
+        atomic_write(self.paths[m], functools.partial(torch.save, checkpoint))
 
     def _report_problem(self, member: int, problem: str | None, epoch: int) -> None:
         if problem == self.problems[member]:

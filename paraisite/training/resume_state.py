@@ -20,7 +20,7 @@ from pathlib import Path
 
 from paraisite.checkpoints import load_checkpoint
 from paraisite.record import RunRecord, process_alive, run_label
-from paraisite.safety import MAX_CHECKPOINT_BYTES, atomic_write, decompressed, read_limited
+from paraisite.safety import MAX_CHECKPOINT_BYTES, atomic_write, read_limited
 from paraisite.training.record import read_status
 
 #: Record files of a job: an ensemble job's, a single run's.
@@ -113,12 +113,7 @@ def _restore(source: Path, target: Path) -> None:
     if not source.name.endswith(".ckpt" + COMPRESSED):
         _copy(source, target)
         return
-    data = decompressed(
-        read_limited(source, MAX_CHECKPOINT_BYTES, what="checkpoint", compressed=()),
-        source,
-        MAX_CHECKPOINT_BYTES,
-        what="checkpoint",
-    )
+    data = read_limited(source, MAX_CHECKPOINT_BYTES, what="checkpoint", compressed=(COMPRESSED,))
     unpacked = target.with_name(target.name[: -len(COMPRESSED)])
     unpacked.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(unpacked, lambda tmp: tmp.write_bytes(data))

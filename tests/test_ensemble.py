@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.metrics import final_problem, ltc_metrics, prediction_problem
 from paraisite.models.megnet import MEGNetBackbone
 from paraisite.models.megnet_stacked import StackedGraphs, StackedMEGNet
+from paraisite.training.ensemble import MemberCheckpoint
 from paraisite.training.train import train
 from tests.helpers import FAST, compose_train
 
@@ -136,6 +138,24 @@ def test_prediction_problem_tells_constant_and_not_finite_predictions_from_healt
     assert prediction_problem(ltc_metrics(torch.tensor([1.0, math.nan, 2.0, 3.0]), true)) == "not finite predictions"
     assert prediction_problem({"mape": 0.4}) is None  # a record from before the spread was measured
     assert final_problem({"val/mape": math.nan, "val/loss": 1.0}) == "not finite predictions"
+
+
+def test_a_collapsed_member_is_named_once_while_its_spread_drifts(caplog):
+    """The full-budget AFLOW members sat at log10 spreads of 0, 7e-18, 3e-8 epoch after epoch: one warning."""
+    checkpoint = MemberCheckpoint([Path("unused.ckpt")], names=["seed 9"])
+    true = torch.tensor([1.0, 2.0, 5.0, 10.0])
+    with caplog.at_level("WARNING"):
+        for epoch, spread in enumerate((0.0, 7e-18, 3e-8, 0.0)):
+            constant = {"mape": 0.6, "pred_spread_log10": spread}
+            checkpoint._report_problem(0, prediction_problem(constant), epoch)
+        checkpoint._report_problem(0, prediction_problem(ltc_metrics(true * 1.1, true)), 4)
+        checkpoint._report_problem(0, prediction_problem(ltc_metrics(torch.full((4,), math.nan), true)), 5)
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m.split(":")[1].split(" at")[0].strip() for m in messages] == [
+        "constant predictions (log10 spread 0.0e+00)",
+        "validation predictions are healthy again",
+        "not finite predictions",
+    ], messages
 
 
 def test_collapsed_members_are_named_in_warnings_records_and_status(tmp_path, caplog, capsys):

@@ -9,7 +9,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from paraisite.evaluation.metrics import final_problem
+from paraisite.evaluation.metrics import final_problem, problem_kind
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
@@ -52,9 +52,8 @@ def _record(path: Path) -> RunRecord | None:
         return None
 
 
-def run_state(run_dir: Path) -> str:
+def run_state(record: RunRecord | None) -> str:
     """``completed``, ``failed``, ``running``, ``interrupted`` (running, but its process is gone) or ``pending``."""
-    record = _record(run_dir / "metrics.json")
     if record is None:
         return "pending"
     if record.status == "running":
@@ -62,14 +61,14 @@ def run_state(run_dir: Path) -> str:
     return record.status
 
 
-def _problems(sweep_dir: Path, step: str, dataset: str, seeds: list[int]) -> dict[str, list[int]]:
+def _problems(records: dict[int, RunRecord | None]) -> dict[str, list[int]]:
     """Seeds of completed runs whose last epoch predicted constant or not finite values, by problem."""
     found: dict[str, list[int]] = {}
-    for seed in seeds:
-        record = _record(sweep_dir / run_path(step, dataset, seed) / "metrics.json")
-        problem = final_problem(record.final or {}) if record and record.status == "completed" else None
-        if problem:
-            found.setdefault(problem.split(" (")[0], []).append(seed)
+    for seed, record in records.items():
+        if record is not None and record.status == "completed":
+            kind = problem_kind(final_problem(record.final or {}))
+            if kind:
+                found.setdefault(kind, []).append(seed)
     return found
 
 
@@ -82,7 +81,8 @@ def run_status(args: argparse.Namespace) -> int:
     for step, datasets in PAPER_JOBS.items():
         for dataset in datasets:
             job_root = args.sweep_dir / step / dataset
-            states = [run_state(args.sweep_dir / run_path(step, dataset, seed)) for seed in seeds]
+            records = {seed: _record(args.sweep_dir / run_path(step, dataset, seed) / "metrics.json") for seed in seeds}
+            states = [run_state(record) for record in records.values()]
             progress = ""
             for job in sorted(job_root.glob("seeds*")):
                 record = _record(job / "ensemble.json")
@@ -101,7 +101,7 @@ def run_status(args: argparse.Namespace) -> int:
                 totals[state] = totals.get(state, 0) + count
             summary = ", ".join(f"{count} {state}" for state, count in counts.items())
             print(f"{step:6} {dataset:9} {summary}{progress}")
-            for problem, bad in _problems(args.sweep_dir, step, dataset, seeds).items():
+            for problem, bad in _problems(records).items():
                 label = "seed" if len(bad) == 1 else "seeds"
                 print(f"{'':16} {label} {', '.join(map(str, bad))}: {problem} at the last epoch")
     print("total: " + ", ".join(f"{count} {state}" for state, count in totals.items()))

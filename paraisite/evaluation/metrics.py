@@ -76,6 +76,11 @@ def prediction_problem(metrics: Mapping[str, float]) -> str | None:
     return None
 
 
+def problem_kind(problem: str | None) -> str | None:
+    """A :func:`prediction_problem` without its measured figure (which changes every epoch)."""
+    return None if problem is None else problem.partition(" (")[0]
+
+
 def final_problem(final: Mapping[str, float]) -> str | None:
     """:func:`prediction_problem` of a run record's ``final`` (the last epoch's ``val/...`` metrics)."""
     prefix = "val/"

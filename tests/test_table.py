@@ -121,6 +121,20 @@ def test_other_metrics_have_no_published_reference(sweep: Path):
         table.aggregate(runs.assign(r2_log10=float("nan")), metric="r2_log10")
 
 
+def test_true_tc_mape_is_the_recorded_one_under_paper_scaling_and_the_mape_otherwise(sweep: Path):
+    paper = json.loads((sweep / run_path("step3", "MIX", 1) / "metrics.json").read_text())
+    for name, metrics in paper["cross"].items():
+        metrics.update(label_scaling="paper", true_tc_mape=0.9 if name == "MIX" else None)
+        if metrics["true_tc_mape"] is None:
+            del metrics["true_tc_mape"]  # a record written before the true-TC score existed
+    paper["best"] = paper["cross"]["MIX"]
+    (sweep / run_path("step3", "MIX", 1) / "metrics.json").write_text(json.dumps(paper))
+    cells = table.aggregate(table.collect(sweep)[0], metric="true_tc_mape")
+    assert cell(cells, "step3", "MIX", "MIX")["mean"] == pytest.approx(0.9)
+    assert cell(cells, "step1", "Dataset1", "Dataset1")["mean"] == pytest.approx(0.4)  # clean: its MAPE
+    assert not ((cells["step"] == "step3") & (cells["tested_on"] == "Dataset1")).any()  # not scored: no cell
+
+
 def test_outputs_are_written(sweep: Path, tmp_path: Path):
     runs, failures = table.collect(sweep)
     cells = table.aggregate(runs)

@@ -19,7 +19,7 @@ from paraisite.config import group_options, load_group_option
 from paraisite.data import registry
 from paraisite.data.target import TargetScaler
 from paraisite.evaluation.applicability import load_applicability
-from paraisite.evaluation.cross import predict_loader
+from paraisite.evaluation.cross import evaluate_on, predict_loader
 from paraisite.evaluation.metrics import reference_tc
 from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule, build_model, instantiate_group
@@ -245,6 +245,11 @@ def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_s
     assert result["data"]["target_stats"]["mean"] == pytest.approx(1.13949, abs=1e-5)
     assert result["best"]["label_scaling"] == "paper"
     reloaded = LTCRegressor.load_from_checkpoint(result["best_checkpoint"])
+    # MIX labels are distorted (per-source statistics, MIX scaler): the true-TC score is recorded beside it.
+    true_scored = evaluate_on(reloaded, build_datamodule(cfg), "consistent")
+    assert result["best"]["true_tc_mape"] == pytest.approx(true_scored["mape"], rel=1e-6)
+    assert abs(result["best"]["true_tc_mape"] - result["best"]["mape"]) > 1e-4
+    assert all("true_tc_mape" in scores for scores in result["cross"].values())
     assert reloaded.hparams.scheduler_steps_per_epoch == 2
     scheduler = reloaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     reloaded.lr_scheduler_step(scheduler, None)

@@ -25,6 +25,7 @@ from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule, build_model, instantiate_group
 from paraisite.training.checks import ConfigValueError
 from paraisite.training.train import run, train
+from paraisite.zoo.predictors import load_predictor
 from tests.helpers import FAST, compose_train, hydra_configs
 
 STATS = {"mean": 1.0, "std": 0.5}
@@ -235,7 +236,7 @@ def test_short_real_run_on_dataset2_learns(tmp_path):
     assert result["best"]["mape"] < 0.40 < baseline
 
 
-def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_steps(tmp_path):
+def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_steps(tmp_path, caplog):
     cfg = compose_train(tmp_path, "protocol=paper", "data=mix", *FAST, "trainer.max_epochs=2")
     assert cfg.trainer.max_epochs == 2  # command line wins over the protocol's 300
     result = train(cfg)
@@ -250,6 +251,9 @@ def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_s
     assert result["best"]["true_tc_mape"] == pytest.approx(true_scored["mape"], rel=1e-6)
     assert abs(result["best"]["true_tc_mape"] - result["best"]["mape"]) > 1e-4
     assert all("true_tc_mape" in scores for scores in result["cross"].values())
+    with caplog.at_level("WARNING"):
+        load_predictor(result["best_checkpoint"])
+    assert any("trained with protocol=paper" in record.getMessage() for record in caplog.records)
     assert reloaded.hparams.scheduler_steps_per_epoch == 2
     scheduler = reloaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     reloaded.lr_scheduler_step(scheduler, None)

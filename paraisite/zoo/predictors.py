@@ -148,6 +148,13 @@ class LTCPredictor(Predictor):
         if any(graph != graphs[0] for graph in graphs):
             raise ValueError(f"{name}: ensemble members use different graph settings: {graphs}")
         self.name = name
+        if any(model.hparams.get("label_scaling") == "paper" for model in models):
+            log.warning(
+                "%s: trained with protocol=paper, the original code's label scaling: a MIX or Step III model of it "
+                "predicts on that distorted scale, not the true TC (the paper's Step III on Dataset1 scores 0.81 "
+                "MAPE against the true TC, 0.28 as the paper scored it); predict with protocol=clean models",
+                name,
+            )
         self.models = [model.eval() for model in models]
         self.builder = physics_builder(name, models, instantiate(graphs[0]))
         self.ensemble = ensemble

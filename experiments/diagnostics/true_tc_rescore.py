@@ -13,7 +13,7 @@ reproduces the recorded MAPE (to 1e-6), and only then writes ``true_tc_mape`` in
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.models.regressor import load_ltc_checkpoint
-from paraisite.record import RunRecord, read_run_record, write_run_record
+from paraisite.record import read_run_record, write_run_record
 from paraisite.training.builders import build_datamodule
 
 #: Relative agreement required between the recorded and the re-scored paper-scaled MAPE.
@@ -32,8 +32,7 @@ def rescore(record_path: Path, log_dir: Path, records_dir: Path) -> str:
     """Add ``true_tc_mape`` to one record; a line saying what was done."""
     relative = record_path.parent.relative_to(records_dir)
     record = read_run_record(record_path)
-    raw = json.loads(record_path.read_text())
-    scored = {name: m for name, m in (raw.get("cross") or {}).items() if m.get("label_scaling") == "paper"}
+    scored = {name: m for name, m in (record.cross or {}).items() if m.get("label_scaling") == "paper"}
     if record.status != "completed" or not scored or all("true_tc_mape" in m for m in scored.values()):
         return f"{relative}: nothing to add"
     checkpoint = log_dir / relative / "checkpoints" / "best.ckpt"
@@ -47,8 +46,8 @@ def rescore(record_path: Path, log_dir: Path, records_dir: Path) -> str:
         if not math.isclose(again["mape"], metrics["mape"], rel_tol=TOLERANCE) or again["count"] != metrics["count"]:
             raise RuntimeError(f"{relative} on {name}: re-scored MAPE {again['mape']} != recorded {metrics['mape']}")
         metrics["true_tc_mape"] = again["true_tc_mape"]
-    raw["best"] = raw["cross"].get(record.dataset, raw["best"])
-    write_run_record(record_path, RunRecord(**raw))
+    best = scored.get(record.dataset, record.best)  # the own split's scores, now with true_tc_mape
+    write_run_record(record_path, dataclasses.replace(record, best=best))
     return f"{relative}: true-TC MAPE added on {len(scored)} datasets"
 
 

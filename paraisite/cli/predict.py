@@ -27,6 +27,7 @@ from paraisite.zoo.scan import (
     output_lock,
     run_predictions,
     scan,
+    start_worker_server,
     structure_paths,
 )
 
@@ -104,6 +105,8 @@ def default_workers(files: int) -> int:
 
 
 def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
+    if args.workers > 1 and len(paths) > args.batch_size:  # the workers' imports run while this process loads
+        start_worker_server()
     from paraisite.zoo.predictors import load_predictor  # torch, Lightning, matgl: only when predicting
 
     console = Console(stderr=True)

@@ -14,8 +14,9 @@ problem) and empty values; the run goes on. ``in_domain`` is true when no elemen
 reference exists, ``latent_percentile <= max_percentile`` (100 by default: elements only).
 
 With ``workers`` > 1, whole batches (reading, graphing, prediction) run in that many processes, each with its own
-copy of the model, up to :data:`LOOKAHEAD` batches ahead of the CSV writer. The processes are spawned, not forked,
-and use one torch thread each (:data:`WORKER_START_METHOD`).
+copy of the model, up to :data:`LOOKAHEAD` batches ahead of the CSV writer. They are forked from a fork server that
+imported torch, pymatgen and the model code once (:func:`start_worker_server`, started before the model is loaded, so
+both imports run side by side), and use one torch thread each.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import fnmatch
 import io
 import multiprocessing
 import os
+import pickle
 import tempfile
 import warnings
 from collections import deque
@@ -70,8 +72,14 @@ DEFAULT_BATCH_SIZE = 128
 LOOKAHEAD = 2
 #: How worker processes start. Not ``fork``: a forked child of a parent that already ran torch's thread pool
 #: (loading the model does) can block forever in its first parallel torch op (seen with 216-atom cells in
-#: ``MEGNetGraphBuilder.build``). A spawned worker starts a fresh interpreter, with one torch thread.
-WORKER_START_METHOD = "spawn"
+#: ``MEGNetGraphBuilder.build``). Not ``spawn`` either: each spawned worker imported torch, torch_geometric,
+#: pymatgen and matgl again (about 5 CPU-s each, after the main process had done the same), which was 15 of the
+#: 20 s of a 1,000-file ensemble prediction. The fork server is a fresh interpreter with one torch thread that
+#: only imports (:data:`WORKER_PRELOAD`); its children start with those modules loaded.
+WORKER_START_METHOD = "forkserver"
+#: Modules the fork server imports once for all workers.
+WORKER_PRELOAD = ("torch", "torch_geometric", "pymatgen.core", "paraisite.zoo.predictors", "paraisite.zoo.scan")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -150,19 +158,42 @@ def _naming(path: str, error: Exception, problem: str) -> str:
 _WORKER_MODEL: dict[str, Any] = {}
 
 
-def _init_worker(predictor: Predictor, max_percentile: float) -> None:
+def _init_worker(pickled_predictor: bytes, max_percentile: float) -> None:
     """Run first in each worker process: one torch thread, and the worker's own copy of the model.
 
     The thread count is set before torch is imported and again after: the workers run in parallel already, and a
-    thread pool per worker would oversubscribe the cores. The model arrives pickled, once per worker (18 MB and
-    0.3 s for a 9-member MEGNet ensemble).
+    thread pool per worker would oversubscribe the cores. The model arrives as plain pickle bytes, once per worker
+    (18 MB and 0.3 s for a 9-member MEGNet ensemble): pickled as an object, torch would share each tensor through
+    a file descriptor, more than a fork server passes (256).
     """
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for variable in THREAD_VARIABLES:
         os.environ[variable] = "1"
     import torch
 
     torch.set_num_threads(1)
-    _WORKER_MODEL.update(predictor=predictor, max_percentile=max_percentile)
+    _WORKER_MODEL.update(predictor=pickle.loads(pickled_predictor), max_percentile=max_percentile)
+
+
+def start_worker_server() -> None:
+    """Start the fork server of the worker processes (if not running) and return at once; it imports in the background.
+
+    Call it before loading the model: the server's imports then run on the other core while this process loads. It
+    starts with one thread per library (:data:`THREAD_VARIABLES`), so no forked worker inherits a thread pool; this
+    process's environment is left as it was.
+    """
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context(WORKER_START_METHOD).set_forkserver_preload(list(WORKER_PRELOAD))
+    saved = {variable: os.environ.get(variable) for variable in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+    try:
+        forkserver.ensure_running()
+    finally:
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable)
+            else:
+                os.environ[variable] = value
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str], max_percentile: float) -> list[dict[str, Any]]:
@@ -191,9 +222,13 @@ def row_batches(
         for chunk in chunks:
             yield predict_files(predictor, chunk, max_percentile)
         return
+    start_worker_server()
     context = multiprocessing.get_context(WORKER_START_METHOD)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(predictor, max_percentile)
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(pickle.dumps(predictor), max_percentile),
     ) as pool:
         pending: deque[Future[list[dict[str, Any]]]] = deque()
         for chunk in chunks:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,5 +45,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The console script: :func:`main`, then exit without tearing down the interpreter.
+
+    The exit handlers run and the standard streams are flushed, as in a normal exit; only the interpreter's own
+    finalisation is skipped, which takes about 0.9 s once torch_geometric (and with it torch._dynamo) is imported,
+    a sixth of predicting 1,000 CIFs with a CGCNN model.
+    """
+    code = main()
+    atexit._run_exitfuncs()  # logging.shutdown, multiprocessing's clean-up, ...
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # a closed pipe (`| head`) or stream
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -19,9 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 
 from paraisite.evaluation.published import DATASETS, PUBLISHED_RUNS, STEP_LABELS, published_table
 from paraisite.record import RunRecord, RunRecordError, read_run_record
@@ -320,6 +317,10 @@ def _grid(block: pd.DataFrame, column: str, trained: list[str], tested: list[str
 
 def plot_heatmap(cells: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
     """Heatmap PNG: one panel per step, colour = our mean, each cell annotated ``ours`` over ``(published)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # 0.4 s to import: only here, not for every command
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
     steps = _ordered(cells["step"], list(STEP_LABELS))
     tested = _ordered(cells["tested_on"], DATASETS)
     figure = Figure(figsize=(4.2 * len(steps) + 1.2, 4.2), layout="constrained")

@@ -9,7 +9,9 @@ offline). Sides:
   defaults), reading a folder with ``id_prop.csv`` and ``atom_init.json`` as its README asks;
 - ``paraisite CGCNN``: ``paraisite predict --model cgcnn-formation-energy-per-atom`` (default workers);
 - ``paraisite LTC ensemble``: ``paraisite predict --model ltc-step2-mix`` (9 MEGNet members; the original
-  ParAIsite scan path needs DGL, which does not install beside torch 2.13: no side-by-side figure for it here).
+  ParAIsite scan path needs DGL, which does not install beside torch 2.13: no side-by-side figure for it here);
+- both paraisite sides again with ``--workers 0`` (one process, torch's own threads), to show what the worker
+  processes buy at this size.
 
 The original's code is not part of this repository. Build its side once::
 
@@ -66,6 +68,18 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+VERSIONS = (
+    "import sys, numpy, torch, pymatgen.core as p; "
+    "print(sys.version.split()[0], numpy.__version__, torch.__version__, p.__version__)"
+)
+
+
+def package_versions(python: str | Path) -> dict[str, str]:
+    """Python, numpy, torch and pymatgen versions of an environment (the original's speed depends on them)."""
+    output = subprocess.run([str(python), "-c", VERSIONS], capture_output=True, text=True, check=True).stdout
+    return dict(zip(("python", "numpy", "torch", "pymatgen"), output.split(), strict=True))
+
+
 def main() -> None:
     """Run every side ``--runs`` times (interleaved), print structures/s and ratios, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,6 +114,9 @@ def main() -> None:
                 env,
             ),
         }
+        for name in ("paraisite CGCNN", "paraisite LTC ensemble (9 MEGNet)"):
+            command, cwd, side_env = sides[name]
+            sides[f"{name}, --workers 0"] = ([*command, "--workers", "0"], cwd, side_env)
         seconds: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(args.runs):
             for name, (command, cwd, side_env) in sides.items():
@@ -111,6 +128,10 @@ def main() -> None:
         "runs": args.runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "note": args.note,
+        "environments": {
+            "original": package_versions(args.cgcnn_python),
+            "paraisite": package_versions(sys.executable),
+        },
         "seconds": {name: [round(v, 2) for v in values] for name, values in seconds.items()},
         "structures_per_s_median": {name: round(rate, 1) for name, rate in rates.items()},
         "paraisite_cgcnn_over_original": round(rates["paraisite CGCNN"] / rates["original CGCNN predict.py"], 2),

@@ -93,9 +93,9 @@ def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
         return _load_and_run(args, paths, scan_output)
 
 
-#: Below this many files, one process is faster than starting worker processes: each spawned worker imports torch,
-#: pymatgen and the graph code (~3 s on 2 cores). 500 AFLOW CIFs with a CGCNN model: 7.0 s
-#: with 0 workers, 14.6 s with 2 (machine shared with a training job).
+#: Below this many files, one process is faster than starting worker processes (the fork server's imports, the
+#: model sent to each worker). 1,000 AFLOW CIFs, 2 cores: CGCNN 3.5 s with 0 workers, 4.3 s with 2; the 9-member
+#: ensemble 10.0 s and 11.7 s. All 5,578: CGCNN level (11 s), the ensemble 34 s and 29 s.
 MIN_FILES_PER_WORKER_POOL = 1000
 
 

@@ -11,7 +11,14 @@ import torch
 
 from paraisite.cli.main import main
 from paraisite.data.datamodule import LTCDataModule
-from paraisite.evaluation.metrics import final_problem, ltc_metrics, prediction_problem
+from paraisite.evaluation.metrics import (
+    CONSTANT,
+    NOT_FINITE,
+    PredictionProblem,
+    final_problem,
+    ltc_metrics,
+    prediction_problem,
+)
 from paraisite.models.megnet import MEGNetBackbone
 from paraisite.models.megnet_stacked import StackedGraphs, StackedMEGNet
 from paraisite.training.ensemble import MemberCheckpoint
@@ -134,10 +141,13 @@ def test_prediction_problem_tells_constant_and_not_finite_predictions_from_healt
     assert prediction_problem(healthy) is None
     constant = ltc_metrics(torch.full((4,), 3.0), true)
     assert constant["pred_spread_log10"] == 0.0
-    assert prediction_problem(constant).startswith("constant predictions")
-    assert prediction_problem(ltc_metrics(torch.tensor([1.0, math.nan, 2.0, 3.0]), true)) == "not finite predictions"
+    assert prediction_problem(constant) == PredictionProblem(CONSTANT, "log10 spread 0.0e+00")
+    assert str(prediction_problem(constant)) == "constant predictions (log10 spread 0.0e+00)"
+    assert prediction_problem(ltc_metrics(torch.tensor([1.0, math.nan, 2.0, 3.0]), true)) == PredictionProblem(
+        NOT_FINITE
+    )
     assert prediction_problem({"mape": 0.4}) is None  # a record from before the spread was measured
-    assert final_problem({"val/mape": math.nan, "val/loss": 1.0}) == "not finite predictions"
+    assert str(final_problem({"val/mape": math.nan, "val/loss": 1.0})) == "not finite predictions"
 
 
 def test_a_collapsed_member_is_named_once_while_its_spread_drifts(caplog):

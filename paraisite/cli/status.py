@@ -9,7 +9,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from paraisite.evaluation.metrics import final_problem, problem_kind
+from paraisite.evaluation.metrics import final_problem
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
@@ -66,9 +66,9 @@ def _problems(records: dict[int, RunRecord | None]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for seed, record in records.items():
         if record is not None and record.status == "completed":
-            kind = problem_kind(final_problem(record.final or {}))
-            if kind:
-                found.setdefault(kind, []).append(seed)
+            problem = final_problem(record.final or {})
+            if problem is not None:
+                found.setdefault(problem.kind, []).append(seed)
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -59,29 +60,43 @@ def ltc_metrics(pred_tc: torch.Tensor, true_tc: torch.Tensor) -> dict[str, float
     }
 
 
-def prediction_problem(metrics: Mapping[str, float]) -> str | None:
+@dataclass(frozen=True)
+class PredictionProblem:
+    """What is wrong with a model's predictions: its ``kind`` (:data:`NOT_FINITE` or :data:`CONSTANT`) and ``detail``.
+
+    The detail is the measured figure, which changes every epoch; the kind does not, so the ensemble warns once
+    per change of kind and ``paraisite status`` groups seeds by it. ``str()`` reads ``kind (detail)``.
+    """
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})" if self.detail else self.kind
+
+
+NOT_FINITE = "not finite predictions"
+CONSTANT = "constant predictions"
+
+
+def prediction_problem(metrics: Mapping[str, float]) -> PredictionProblem | None:
     """What is wrong with the predictions these :func:`ltc_metrics` were computed from, or ``None``.
 
-    ``not finite predictions`` (a diverged model: NaN or inf somewhere), or ``constant predictions`` (the same TC
-    for every crystal: a collapsed model, e.g. a head whose units no longer fire). Records written before the
-    spread was measured can only show the first.
+    :data:`NOT_FINITE` (a diverged model: NaN or inf somewhere), or :data:`CONSTANT` (the same TC for every
+    crystal: a collapsed model, e.g. a head whose units no longer fire). Records written before the spread was
+    measured can only show the first.
     """
     mape, spread = metrics.get("mape"), metrics.get("pred_spread_log10")
     if mape is None:
         return None
     if not math.isfinite(mape) or (spread is not None and not math.isfinite(spread)):
-        return "not finite predictions"
+        return PredictionProblem(NOT_FINITE)
     if spread is not None and spread < COLLAPSED_SPREAD_LOG10:
-        return f"constant predictions (log10 spread {spread:.1e})"
+        return PredictionProblem(CONSTANT, f"log10 spread {spread:.1e}")
     return None
 
 
-def problem_kind(problem: str | None) -> str | None:
-    """A :func:`prediction_problem` without its measured figure (which changes every epoch)."""
-    return None if problem is None else problem.partition(" (")[0]
-
-
-def final_problem(final: Mapping[str, float]) -> str | None:
+def final_problem(final: Mapping[str, float]) -> PredictionProblem | None:
     """:func:`prediction_problem` of a run record's ``final`` (the last epoch's ``val/...`` metrics)."""
     prefix = "val/"
     return prediction_problem({k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)})

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from paraisite.data.datamodule import GraphDataset, LTCDataModule
 from paraisite.data.sampling import epoch_order
 from paraisite.data.target import decode_tc
-from paraisite.evaluation.metrics import ltc_metrics, prediction_problem, problem_kind, reference_tc
+from paraisite.evaluation.metrics import PredictionProblem, ltc_metrics, prediction_problem, reference_tc
 from paraisite.models.regressor import LTCRegressor, build_optimizers, ltc_loss, step_schedule
 from paraisite.models.stacked import StackedParameters, stacked_sequential
 from paraisite.safety import atomic_write
@@ -289,8 +289,8 @@ class MemberCheckpoint(Callback):
         }
         atomic_write(self.paths[m], functools.partial(torch.save, checkpoint))
 
-    def _report_problem(self, member: int, problem: str | None, epoch: int) -> None:
-        kind = problem_kind(problem)
+    def _report_problem(self, member: int, problem: PredictionProblem | None, epoch: int) -> None:
+        kind = None if problem is None else problem.kind
         if kind == self.problems[member]:
             return
         self.problems[member] = kind

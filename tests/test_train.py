@@ -15,18 +15,19 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from paraisite.checkpoints import load_checkpoint
 from paraisite.config import group_options, load_group_option
 from paraisite.data import registry
 from paraisite.data.target import TargetScaler
 from paraisite.evaluation.applicability import load_applicability
 from paraisite.evaluation.cross import evaluate_on, predict_loader
-from paraisite.evaluation.metrics import reference_tc
+from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY, reference_tc
 from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule, build_model, instantiate_group
 from paraisite.training.checks import ConfigValueError
 from paraisite.training.train import run, train
 from paraisite.zoo.predictors import load_predictor
-from tests.helpers import FAST, compose_train, hydra_configs
+from tests.helpers import FAST, TINY_LTC, compose_train, hydra_configs
 
 STATS = {"mean": 1.0, "std": 0.5}
 
@@ -251,9 +252,12 @@ def test_paper_protocol_run_uses_whole_dataset_statistics_and_double_scheduler_s
     assert result["best"]["true_tc_mape"] == pytest.approx(true_scored["mape"], rel=1e-6)
     assert abs(result["best"]["true_tc_mape"] - result["best"]["mape"]) > 1e-4
     assert all("true_tc_mape" in scores for scores in result["cross"].values())
+    assert load_checkpoint(result["best_checkpoint"])[DISTORTED_SOURCES_KEY] == ["dataset1", "dataset2"]
     with caplog.at_level("WARNING"):
         load_predictor(result["best_checkpoint"])
-    assert any("trained with protocol=paper" in record.getMessage() for record in caplog.records)
+    warned = [record.getMessage() for record in caplog.records if "trained with protocol=paper" in record.getMessage()]
+    assert warned
+    assert "its labels of dataset1, dataset2 were standardised" in warned[0]
     assert reloaded.hparams.scheduler_steps_per_epoch == 2
     scheduler = reloaded.configure_optimizers()["lr_scheduler"]["scheduler"]
     reloaded.lr_scheduler_step(scheduler, None)
@@ -281,3 +285,14 @@ def test_bad_config_values_are_refused_before_anything_runs(tmp_path, override, 
         train(cfg)
     assert message in str(error.value)
     assert not (tmp_path / "run").exists()  # refused before the run directory is touched
+
+
+def test_paper_protocol_single_source_model_learned_the_true_tc_and_is_not_warned_about(tmp_path, caplog):
+    cfg = compose_train(tmp_path, "protocol=paper", *TINY_LTC)
+    result = train(cfg)
+    assert result["best"]["label_scaling"] == "paper"
+    assert result["best"]["true_tc_mape"] == pytest.approx(result["best"]["mape"], rel=1e-9)  # nothing distorted
+    assert load_checkpoint(result["best_checkpoint"])[DISTORTED_SOURCES_KEY] == []
+    with caplog.at_level("WARNING"):
+        load_predictor(result["best_checkpoint"])
+    assert not any("protocol=paper" in record.getMessage() for record in caplog.records)

@@ -39,6 +39,28 @@ def reference_tc(
     return decode_tc((torch.log10(tc + 1.0) - mean) / std, model_mean, model_std)
 
 
+#: Checkpoint entry: the training sources whose labels :func:`reference_tc` distorted (protocol=paper), by name.
+DISTORTED_SOURCES_KEY = "paraisite_distorted_label_sources"
+
+
+def distorted_sources(
+    label_scaling: str, source_stats: Mapping[str, Mapping[str, float]], model_stats: Mapping[str, float]
+) -> list[str]:
+    """Sources whose labels a model learned on a distorted scale (see :func:`reference_tc`).
+
+    Under ``paper`` scaling, those whose statistics differ from the model's: MIX's two sources under the MIX scaler,
+    Step III's dataset under AFLOW's. None for a single-source Step I or II, whose statistics are the model's, and
+    none under ``consistent`` scaling.
+    """
+    if label_scaling != "paper":
+        return []
+    return sorted(
+        source
+        for source, stats in source_stats.items()
+        if not all(math.isclose(stats[key], model_stats[key], rel_tol=1e-9) for key in ("mean", "std"))
+    )
+
+
 def ltc_metrics(pred_tc: torch.Tensor, true_tc: torch.Tensor) -> dict[str, float]:
     """MAPE of TC (a fraction), MAE and RMSE of log10 TC, R2 of log10 TC, and the spread of the predictions.
 

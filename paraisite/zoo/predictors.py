@@ -25,6 +25,7 @@ from torch import nn
 
 from paraisite.checkpoints import resolve_run_checkpoint
 from paraisite.evaluation.applicability import ApplicabilityReference, applicability_from_checkpoint
+from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
@@ -142,19 +143,18 @@ class LTCPredictor(Predictor):
         references: Sequence[ApplicabilityReference | None],
         ensemble: bool,
         calibration: Calibration | None = None,
+        distorted: Sequence[list[str] | None] | None = None,
     ) -> None:
-        """Members share one graph-builder config (refused otherwise); ``references`` align with ``models``."""
+        """Members share one graph-builder config (refused otherwise); ``references`` align with ``models``.
+
+        ``distorted``: per member, the training sources whose labels its checkpoint records as distorted
+        (:func:`~paraisite.evaluation.metrics.distorted_sources`), ``None`` where it does not say.
+        """
         graphs = [model.hparams.graph for model in models]
         if any(graph != graphs[0] for graph in graphs):
             raise ValueError(f"{name}: ensemble members use different graph settings: {graphs}")
         self.name = name
-        if any(model.hparams.get("label_scaling") == "paper" for model in models):
-            log.warning(
-                "%s: trained with protocol=paper, the original code's label scaling: a MIX or Step III model of it "
-                "predicts on that distorted scale, not the true TC (the paper's Step III on Dataset1 scores 0.81 "
-                "MAPE against the true TC, 0.28 as the paper scored it); predict with protocol=clean models",
-                name,
-            )
+        warn_distorted_labels(name, models, distorted or [None] * len(models))
         self.models = [model.eval() for model in models]
         self.builder = physics_builder(name, models, instantiate(graphs[0]))
         self.ensemble = ensemble
@@ -204,6 +204,31 @@ class LTCPredictor(Predictor):
         return Predictions(values, np.mean(distances, axis=0), np.mean(percentiles, axis=0), member_tc=tc)
 
 
+def warn_distorted_labels(name: str, models: Sequence[LTCRegressor], distorted: Sequence[list[str] | None]) -> None:
+    """Warn when a member learned labels on protocol=paper's distorted scale.
+
+    That is a MIX or Step III model of that protocol, or one whose checkpoint does not record its sources (older
+    checkpoints). Single-source Step I and II models of that protocol learned the true TC: no warning.
+    """
+    paper = [
+        sources
+        for model, sources in zip(models, distorted, strict=True)
+        if model.hparams.get("label_scaling") == "paper"
+    ]
+    named = sorted({source for sources in paper if sources for source in sources})
+    if not named and all(sources is not None for sources in paper):
+        return
+    which = f"its labels of {', '.join(named)} were" if named else "its labels may have been"
+    log.warning(
+        "%s: trained with protocol=paper, the original code's label scaling; %s standardised with other statistics "
+        "than the model's, so it predicts on that distorted scale, not the true TC (the paper's Step III on "
+        "Dataset1 scores 0.81 MAPE against the true TC, 0.28 as the paper scored it); predict with protocol=clean "
+        "models",
+        name,
+        which,
+    )
+
+
 def physics_builder(name: str, models: Sequence[LTCRegressor], builder: Any) -> Any:
     """``builder``, or for models trained with physics features (``+features=eos``) one that also computes them.
 
@@ -235,12 +260,29 @@ def load_checkpoints(
     """
     from paraisite.models.regressor import load_ltc_checkpoint  # Lightning: only for LTC models, not for CGCNN
 
-    models, references = [], []
+    models, references, distorted = [], [], []
     for index, path in enumerate(paths):
         model, checkpoint = load_ltc_checkpoint(path, expected_sha256=None if sha256s is None else sha256s[index])
         models.append(model)
         references.append(applicability_from_checkpoint(checkpoint, path))
-    return LTCPredictor(name, models, references, ensemble, calibration)
+        distorted.append(recorded_distorted_sources(checkpoint, path))
+    return LTCPredictor(name, models, references, ensemble, calibration, distorted)
+
+
+def recorded_distorted_sources(checkpoint: dict[str, Any], source: str | os.PathLike) -> list[str] | None:
+    """The checkpoint's list of distorted training sources; ``None`` if it has none (older checkpoints).
+
+    Raises:
+        paraisite.checkpoints.CheckpointTrustError: the entry is not a list of names.
+    """
+    from paraisite.checkpoints import CheckpointTrustError
+
+    entry = checkpoint.get(DISTORTED_SOURCES_KEY)
+    if entry is None:
+        return None
+    if not isinstance(entry, list) or not all(isinstance(item, str) for item in entry):
+        raise CheckpointTrustError(f"{source}: {DISTORTED_SOURCES_KEY} is not a list of source names")
+    return list(entry)
 
 
 def _bundle_predictor(name: str, bundle: Bundle) -> LTCPredictor:

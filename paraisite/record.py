@@ -226,13 +226,32 @@ def write_run_record(path: str | os.PathLike, record: RunRecord) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def process_alive(pid: Any) -> bool:
-    """Whether a process with this id runs on this machine (a record's ``pid``; ``None`` or junk: no)."""
+def process_alive(pid: Any, started: float | None = None) -> bool:
+    """Whether the process a record names still runs on this machine (its ``pid``; ``None`` or junk: no).
+
+    With ``started`` (the record's start time) a process that began after it is another one with a recycled id
+    (after a reboot, or in a record restored from another machine): no. Start times come from ``/proc``; where it
+    cannot be read, the id alone decides.
+    """
     try:
         os.kill(int(pid), 0)
     except (OSError, TypeError, ValueError):
         return False
-    return True
+    if started is None:
+        return True
+    began = process_start_time(int(pid))
+    return began is None or began <= started + 1.0
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from ``/proc``; ``None`` where that is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name in parentheses
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_label(seed: int, seeds: Sequence[int] | None = None) -> str:

@@ -20,9 +20,10 @@ import torch
 
 from paraisite.checkpoints import resolve_run_checkpoint
 from paraisite.cli.main import main
+from paraisite.record import RunRecord, write_run_record
 from paraisite.training import record
-from paraisite.training.train import run
-from tests.helpers import compose_train, tiny_ltc_run
+from paraisite.training.train import RunInProgressError, run
+from tests.helpers import TINY_LTC, compose_train, tiny_ltc_run
 
 RUN = ("data=dataset1", "max_per_source=40", "logger=none", "callbacks.progress_bar=null", "cross_eval=[]")
 
@@ -178,3 +179,36 @@ def test_run_directory_means_the_checkpoint_its_record_names(tmp_path):
     )  # fmt: skip
     assert "step1  Dataset1  1 completed, 1 interrupted, 1 pending" in output.stdout
     assert "total: 1 completed, 1 interrupted, 31 pending" in output.stdout
+
+
+def test_a_job_another_live_process_is_training_is_refused_and_left_alone(tmp_path):
+    """Two sweeps over one group once met at a seed: the second resumed the first's live run over the same files."""
+    cfg = compose_train(tmp_path, *TINY_LTC)
+    trainer_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        time.sleep(0.5)
+        write_run_record(
+            record.status_path(cfg),
+            RunRecord(
+                status="running", config_sha256=record.config_sha256(cfg), pid=trainer_process.pid, started=time.time()
+            ),
+        )
+        before = record.status_path(cfg).read_bytes()
+        with pytest.raises(RunInProgressError, match=f"being trained by process {trainer_process.pid}"):
+            run(cfg)
+        assert record.status_path(cfg).read_bytes() == before  # not marked failed, not resumed
+        assert not (tmp_path / "checkpoints").exists()
+        # The same id in a record older than the process is a recycled id: the run is interrupted and trains.
+        stale = RunRecord(
+            status="running",
+            config_sha256=record.config_sha256(cfg),
+            pid=trainer_process.pid,
+            started=time.time() - 3600,
+        )
+        write_run_record(record.status_path(cfg), stale)
+        assert record.running_elsewhere(cfg) is None
+        assert math.isfinite(run(cfg))
+        assert record.completed(cfg) is not None
+    finally:
+        trainer_process.kill()
+        trainer_process.wait()

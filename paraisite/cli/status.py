@@ -57,7 +57,7 @@ def run_state(record: RunRecord | None) -> str:
     if record is None:
         return "pending"
     if record.status == "running":
-        return "running" if process_alive(record.pid) else "interrupted"
+        return "running" if process_alive(record.pid, record.started) else "interrupted"
     return record.status
 
 
@@ -87,7 +87,7 @@ def run_status(args: argparse.Namespace) -> int:
             for job in sorted(job_root.glob("seeds*")):
                 record = _record(job / "ensemble.json")
                 if record is not None and record.status == "running":
-                    state = "running" if process_alive(record.pid) else "interrupted"
+                    state = "running" if process_alive(record.pid, record.started) else "interrupted"
                     members = {int(s) for s in record.seeds or []}
                     states = [
                         state if seed in members and old == "pending" else old

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from paraisite.record import RunRecord, RunRecordError, read_run_record, write_run_record
+from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, write_run_record
 
 #: Settings that say where and how fast a run goes, not what it computes (left out of the hash).
 NOT_HASHED = ("paths", "threads", "logger", "callbacks", "hydra", "group", "tags")
@@ -49,6 +49,19 @@ def completed(cfg: DictConfig) -> RunRecord | None:
     """The completed record of this exact config in its directory, if there is one."""
     record = read_status(status_path(cfg))
     if record and record.status == "completed" and record.config_sha256 == config_sha256(cfg):
+        return record
+    return None
+
+
+def running_elsewhere(cfg: DictConfig) -> RunRecord | None:
+    """The ``running`` record of this directory when another live process wrote it (it is training the job now)."""
+    record = read_status(status_path(cfg))
+    if (
+        record
+        and record.status == "running"
+        and record.pid != os.getpid()
+        and process_alive(record.pid, record.started)
+    ):
         return record
     return None
 

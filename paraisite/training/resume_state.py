@@ -127,7 +127,7 @@ def save_resume_state(sweep: Path, destination: Path) -> list[SavedJob]:
     """
     saved = []
     for job, record in interrupted_jobs(sweep):
-        if record.status == "running" and process_alive(record.pid):
+        if record.status == "running" and process_alive(record.pid, record.started):
             raise ResumeStateError(
                 f"{job}: still training (pid {record.pid}); stop it first (it resumes from its last.ckpt)"
             )

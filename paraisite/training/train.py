@@ -218,6 +218,10 @@ def _mean(values: Any) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+class RunInProgressError(RuntimeError):
+    """Another live process is training this job; nothing was written."""
+
+
 def run(cfg: DictConfig) -> float:
     """Task wrapper: records a failure in ``metrics.json`` and always closes wandb.
 
@@ -228,6 +232,15 @@ def run(cfg: DictConfig) -> float:
     if done is not None:
         log.info("%s already holds this config's completed run; skipped", output_dir)
         return float((done.best or {}).get("mape", math.nan))
+    busy = record.running_elsewhere(cfg)
+    if busy is not None:  # resuming it here would train one job twice over the same files
+        message = (
+            f"{output_dir} is being trained by process {busy.pid} (its {record.status_path(cfg).name} says running)"
+        )
+        if not _in_multirun():
+            raise RunInProgressError(f"{message}; run it again when that process has ended")
+        log.warning("%s; skipped: re-run the sweep when that process has ended", message)
+        return math.nan
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))

@@ -54,16 +54,15 @@ def completed(cfg: DictConfig) -> RunRecord | None:
 
 
 def running_elsewhere(cfg: DictConfig) -> RunRecord | None:
-    """The ``running`` record of this directory when another live process wrote it (it is training the job now)."""
+    """The ``running`` record of this directory when another live process wrote it (it is training the job now).
+
+    Not this process, and not its parent: Lightning's DDP launcher starts ranks 1.. as children of rank 0, which
+    has already marked the job running.
+    """
     record = read_status(status_path(cfg))
-    if (
-        record
-        and record.status == "running"
-        and record.pid != os.getpid()
-        and process_alive(record.pid, record.started)
-    ):
-        return record
-    return None
+    if not record or record.status != "running" or record.pid in (os.getpid(), os.getppid()):
+        return None
+    return record if process_alive(record.pid, record.started) else None
 
 
 def resumable(cfg: DictConfig) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from paraisite.safety import MAX_CHECKPOINT_BYTES, decompressed, read_limited
+from paraisite.safety import MAX_CHECKPOINT_BYTES, atomic_write, decompressed, read_limited
 
 #: Modules whose classes a checkpoint's ``_target_`` may name (exactly ``<module>.<Class>``), besides any module
 #: directly in :data:`ALLOWED_TARGET_PACKAGE` (a new backbone module needs no entry here).
@@ -103,6 +103,13 @@ def load_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None = No
     if not isinstance(checkpoint, dict):
         raise CheckpointTrustError(f"{path}: not a checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
+
+
+def add_checkpoint_entries(path: str | os.PathLike, entries: dict[str, Any]) -> None:
+    """Add top-level ``entries`` to a checkpoint: read once (:func:`load_checkpoint`), re-saved once, atomically."""
+    checkpoint = load_checkpoint(path)
+    checkpoint.update(entries)
+    atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _unpickling_reason(error: Exception) -> str:

@@ -11,7 +11,8 @@ Two checks per structure:
 
 For LTC checkpoints the reference (training elements and latent vectors) travels inside the checkpoint file under
 the top-level key :data:`APPLICABILITY_KEY` (plain tensors, lists and numbers, readable with
-``torch.load(..., weights_only=True)``); :func:`attach_applicability` writes it, :func:`load_applicability` reads it.
+``torch.load(..., weights_only=True)``); training stores :func:`collect_reference`'s payload there
+(:func:`paraisite.checkpoints.add_checkpoint_entries`), :func:`load_applicability` reads it.
 The reference is the split the model was last trained on (for Step III: the fine-tuning dataset's training split).
 Training attaches it to each best checkpoint; the zoo's predictors read it.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,6 @@ import torch
 from hydra.utils import instantiate
 
 from paraisite.checkpoints import load_checkpoint
-from paraisite.data.cache import atomic_write
 
 APPLICABILITY_KEY = "paraisite_applicability"
 REFERENCE_FORMAT = 1
@@ -153,21 +152,6 @@ def collect_reference(model: Any, loader: Any, neighbours: int = DEFAULT_NEIGHBO
         model.train(was_training)
     elements = frozenset(element_types[i] for i in type_indices)
     return ApplicabilityReference(elements, torch.cat(latents), neighbours)
-
-
-def attach_applicability(checkpoint_path: str | os.PathLike, model: Any, train_dataloader: Any) -> None:
-    """Compute the reference from the training split and store it in the checkpoint (re-saved atomically).
-
-    Args:
-        checkpoint_path: the Lightning ``.ckpt`` of ``model``.
-        model: the :class:`~paraisite.models.regressor.LTCRegressor` saved in that file.
-        train_dataloader: batches of the training split (any order).
-    """
-    path = Path(checkpoint_path)
-    reference = collect_reference(model, train_dataloader)
-    checkpoint = load_checkpoint(path)
-    checkpoint[APPLICABILITY_KEY] = reference.to_payload()
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def applicability_from_checkpoint(

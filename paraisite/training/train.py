@@ -23,16 +23,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from paraisite.checkpoints import load_checkpoint
+from paraisite.checkpoints import add_checkpoint_entries
 from paraisite.config import config_dir
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
-from paraisite.evaluation.applicability import attach_applicability
+from paraisite.evaluation.applicability import APPLICABILITY_KEY, collect_reference
 from paraisite.evaluation.cross import evaluate_on
 from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY, distorted_sources, final_problem
 from paraisite.models.regressor import LTCRegressor, load_ltc_checkpoint
 from paraisite.record import RunRecord, write_run_record
-from paraisite.safety import atomic_write
 from paraisite.training import record
 from paraisite.training.builders import (
     build_datamodule,
@@ -112,13 +111,6 @@ def run_record(
     }
 
 
-def record_distorted_sources(checkpoint_path: str | os.PathLike, sources: list[str]) -> None:
-    """Store in the checkpoint which training sources' labels were distorted (``paraisite predict`` warns for them)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    checkpoint[DISTORTED_SOURCES_KEY] = list(sources)
-    atomic_write(Path(checkpoint_path), lambda tmp: torch.save(checkpoint, tmp))
-
-
 def finish_run(
     cfg: DictConfig,
     datamodule: LTCDataModule,
@@ -131,10 +123,10 @@ def finish_run(
     output_dir = Path(cfg.paths.output_dir)
     best = load_ltc_checkpoint(best_path)[0] if best_path else model.cpu()
     scaling = best.hparams.label_scaling
-    if best_path:  # training elements + latent vectors, for applicability flags at prediction time
-        attach_applicability(best_path, best, datamodule.train_dataloader())
+    if best_path:  # for prediction: applicability reference (training elements + latents), distorted label sources
+        reference = collect_reference(best, datamodule.train_dataloader())
         distorted = distorted_sources(scaling, datamodule.source_stats, best.hparams.target_stats)
-        record_distorted_sources(best_path, distorted)
+        add_checkpoint_entries(best_path, {APPLICABILITY_KEY: reference.to_payload(), DISTORTED_SOURCES_KEY: distorted})
     result["best_checkpoint"] = str(best_path) if best_path else None
     result["best"] = evaluate_on(best, datamodule, scaling)
     result["cross"] = {}

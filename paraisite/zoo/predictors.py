@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from pymatgen.core import Element, Structure
 from torch import nn
 
-from paraisite.checkpoints import resolve_run_checkpoint
+from paraisite.checkpoints import CheckpointTrustError, resolve_run_checkpoint
 from paraisite.evaluation.applicability import ApplicabilityReference, applicability_from_checkpoint
 from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY
 from paraisite.evaluation.uncertainty import Calibration
@@ -275,8 +275,6 @@ def recorded_distorted_sources(checkpoint: dict[str, Any], source: str | os.Path
     Raises:
         paraisite.checkpoints.CheckpointTrustError: the entry is not a list of names.
     """
-    from paraisite.checkpoints import CheckpointTrustError
-
     entry = checkpoint.get(DISTORTED_SOURCES_KEY)
     if entry is None:
         return None

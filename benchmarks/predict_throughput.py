@@ -24,8 +24,9 @@ import torch
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
 from paraisite.data.sources import read_structure
+from paraisite.zoo.files import structure_paths
 from paraisite.zoo.predictors import Predictor, load_predictor
-from paraisite.zoo.scan import read_and_graph, run_predictions, structure_paths
+from paraisite.zoo.scan import read_and_graph, run_predictions
 
 
 def replicate_samples(folder: Path, count: int, file_format: str) -> list[str]:

@@ -17,8 +17,9 @@ import pytest
 from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
+from paraisite.zoo.files import OutputError, output_lock, ranked_path
 from paraisite.zoo.predictors import load_predictor
-from paraisite.zoo.scan import OutputError, output_lock, ranked_path, run_predictions, scan
+from paraisite.zoo.scan import run_predictions, scan
 from tests.helpers import read_rows
 
 MODEL = "cgcnn-formation-energy-per-atom"

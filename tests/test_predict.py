@@ -20,8 +20,9 @@ from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import load_cgcnn_pretrained
 from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule
+from paraisite.zoo.files import ranked_path, structure_paths
 from paraisite.zoo.predictors import load_predictor
-from paraisite.zoo.scan import ranked_path, run_predictions, scan, structure_paths
+from paraisite.zoo.scan import run_predictions, scan
 from tests.helpers import assert_same_rows, predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars
 
 

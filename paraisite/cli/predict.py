@@ -6,6 +6,8 @@ is refused), resumes an interrupted run without repeating finished files, and ra
 ``<out stem>.ranked.csv``. Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1
 and ``--workers`` below 0. Both exit 1 when every file tried failed (the error rows are still written). See
 :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
+
+This module imports nothing heavy at the top: it finds the files and starts the workers' fork server first.
 """
 
 from __future__ import annotations
@@ -14,22 +16,23 @@ import argparse
 import os
 from contextlib import nullcontext
 from functools import partial
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from paraisite.zoo.scan import (
+from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
-    PredictionSummary,
     check_output,
     check_run_options,
     output_lock,
-    run_predictions,
-    scan,
-    start_worker_server,
     structure_paths,
 )
+from paraisite.zoo.workers import start_worker_server, worker_preload
+
+if TYPE_CHECKING:
+    from paraisite.zoo.scan import PredictionSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -93,9 +96,9 @@ def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
         return _load_and_run(args, paths, scan_output)
 
 
-#: Below this many files, one process is faster than starting worker processes (the fork server's imports, the
-#: model sent to each worker). 1,000 AFLOW CIFs, 2 cores: CGCNN 3.5 s with 0 workers, 4.3 s with 2; the 9-member
-#: ensemble 10.0 s and 11.7 s. All 5,578: CGCNN level (11 s), the ensemble 34 s and 29 s.
+#: Below this many files, one process is as fast as starting worker processes (the fork server's imports, the model
+#: sent to each worker). 1,000 AFLOW CIFs, 2 cores, 3 runs (2026-12-07, fork server started before the model code is
+#: imported): CGCNN 4.4-5.0 s with 0 workers, 4.5-4.6 s with 2; the 9-member ensemble 10.6-11.3 s and 10.5-12.1 s.
 MIN_FILES_PER_WORKER_POOL = 1000
 
 
@@ -105,9 +108,12 @@ def default_workers(files: int) -> int:
 
 
 def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
-    if args.workers > 1 and len(paths) > args.batch_size:  # the workers' imports run while this process loads
-        start_worker_server()
-    from paraisite.zoo.predictors import load_predictor  # torch, Lightning, matgl: only when predicting
+    if args.workers > 1 and len(paths) > args.batch_size:  # the workers' imports run while this process imports
+        start_worker_server(worker_preload(args.model))
+    # torch, pymatgen and the model code: imported only now, after the fork server started (1.5 s sooner than at the
+    # top of the module: all 5,578 AFLOW CIFs with a CGCNN model in 7 s instead of 11 s)
+    from paraisite.zoo.predictors import load_predictor
+    from paraisite.zoo.scan import run_predictions, scan
 
     console = Console(stderr=True)
     predictor = load_predictor(args.model)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from paraisite.training.resume_state import ResumeStateError, restore_resume_state, save_resume_state
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``state``."""
@@ -24,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_save(args: argparse.Namespace) -> int:
     """Save; print each job with its epoch and size."""
+    from paraisite.training.resume_state import ResumeStateError, save_resume_state  # torch: only when run
+
     try:
         saved = save_resume_state(args.sweep_dir, args.state_dir)
     except ResumeStateError as error:
@@ -39,6 +39,8 @@ def run_save(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Restore; print what was restored and what was kept."""
+    from paraisite.training.resume_state import restore_resume_state
+
     restored, skipped = restore_resume_state(args.state_dir, args.sweep_dir)
     for job in restored:
         print(f"restored {job.relative}: resumes at epoch {job.epoch}")

@@ -9,7 +9,6 @@ import argparse
 import csv
 from pathlib import Path
 
-from paraisite.evaluation.metrics import final_problem
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_path
 
 #: The paper's table: Steps I and II on every dataset, Step III on the three LTC datasets.
@@ -63,6 +62,8 @@ def run_state(record: RunRecord | None) -> str:
 
 def _problems(records: dict[int, RunRecord | None]) -> dict[str, list[int]]:
     """Seeds of completed runs whose last epoch predicted constant or not finite values, by problem."""
+    from paraisite.evaluation.metrics import final_problem  # torch: not needed for the other columns
+
     found: dict[str, list[int]] = {}
     for seed, record in records.items():
         if record is not None and record.status == "completed":

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from paraisite.data import registry
-from paraisite.zoo.bundle import export_bundle, install_bundle, installed_bundle_dir, is_bundle, read_bundle
 
 if TYPE_CHECKING:
     from paraisite.zoo.catalog import ZooEntry
@@ -67,6 +66,7 @@ def _stored_score(entry: ZooEntry) -> str | None:
 
 
 def _status(entry: ZooEntry, published: Collection[str]) -> str:
+    from paraisite.zoo.bundle import installed_bundle_dir, is_bundle, read_bundle
     from paraisite.zoo.shipping import shipped_bundle_dir
 
     installed = installed_bundle_dir(entry.name)
@@ -111,6 +111,8 @@ def run_card(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Build a bundle from a sweep into ``-o``, ``--install`` it in the cache, or both."""
+    from paraisite.zoo.bundle import export_bundle, install_bundle, installed_bundle_dir, read_bundle
+
     if not args.output and not args.install:
         raise ValueError("give -o DIR, --install, or both")
     target = args.output or installed_bundle_dir(args.name)

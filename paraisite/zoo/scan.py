@@ -1,9 +1,9 @@
 """Predict many structure files into a CSV, batch by batch, resumable; rank the result.
 
-Inputs: files are always tried (an unreadable one becomes an error row); folders are recursed and only files
-whose names look like structures are taken (:data:`STRUCTURE_PATTERNS`, case-insensitive, hidden files skipped),
-so notes, tables and JSON next to the CIFs are ignored. Paths are written absolute, in argument order, folders
-sorted.
+Inputs (:func:`paraisite.zoo.files.structure_paths`): files are always tried (an unreadable one becomes an error
+row); folders are recursed and only files whose names look like structures are taken
+(:data:`~paraisite.zoo.files.STRUCTURE_PATTERNS`, case-insensitive, hidden files skipped), so notes, tables and JSON
+next to the CIFs are ignored. Paths are written absolute, in argument order, folders sorted.
 
 Rows: ``path, formula, n_atoms``, the model's value columns, the applicability columns
 (``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``) and ``error``.
@@ -15,15 +15,13 @@ reference exists, ``latent_percentile <= max_percentile`` (100 by default: eleme
 
 With ``workers`` > 1, whole batches (reading, graphing, prediction) run in that many processes, each with its own
 copy of the model, up to :data:`LOOKAHEAD` batches ahead of the CSV writer. They are forked from a fork server that
-imported torch, pymatgen and the model code once (:func:`start_worker_server`, started before the model is loaded, so
-both imports run side by side), and use one torch thread each.
+imported torch, pymatgen and the model code once (:func:`paraisite.zoo.workers.start_worker_server`, started before
+the model is loaded, so both imports run side by side), and use one torch thread each.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
-import fnmatch
 import io
 import multiprocessing
 import os
@@ -31,7 +29,7 @@ import pickle
 import tempfile
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -44,42 +42,25 @@ import pandas as pd
 from paraisite.data.cache import atomic_write
 from paraisite.data.inputs import read_input_structure
 from paraisite.data.sources import StructureFileError
+from paraisite.zoo.files import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PERCENTILE,
+    OutputError,
+    check_output,
+    check_run_options,
+    output_lock,
+    ranked_path,
+)
+from paraisite.zoo.workers import THREAD_VARIABLES, WORKER_START_METHOD, start_worker_server
 
 if TYPE_CHECKING:  # the predictors pull in torch, Lightning and matgl: not needed to list or rank files
     from pymatgen.core import Structure
 
     from paraisite.zoo.predictors import Predictions, Predictor
 
-STRUCTURE_PATTERNS = (
-    "*.cif",
-    "*.cif.gz",
-    "*.mcif",
-    "*.vasp",
-    "*.poscar",
-    "poscar*",
-    "contcar*",
-    "*.xsf",
-    "*.cssr",
-    "*.res",
-)
 APPLICABILITY_COLUMNS = ("unseen_elements", "latent_knn_distance", "latent_percentile", "in_domain")
-#: ``in_domain`` threshold on ``latent_percentile``. 100 (off): on crystals of datasets the LTC ensembles never saw,
-#: a percentile threshold did not separate good from bad predictions, while unseen elements did
-#: (``experiments/ltc-zoo/domain.md``). A lower value adds the latent check.
-DEFAULT_MAX_PERCENTILE = 100.0
-DEFAULT_BATCH_SIZE = 128
 #: Batches in flight beyond one per worker process.
 LOOKAHEAD = 2
-#: How worker processes start. Not ``fork``: a forked child of a parent that already ran torch's thread pool
-#: (loading the model does) can block forever in its first parallel torch op (seen with 216-atom cells in
-#: ``MEGNetGraphBuilder.build``). Not ``spawn`` either: each spawned worker imported torch, torch_geometric,
-#: pymatgen and matgl again (about 5 CPU-s each, after the main process had done the same), which was 15 of the
-#: 20 s of a 1,000-file ensemble prediction. The fork server is a fresh interpreter with one torch thread that
-#: only imports (:data:`WORKER_PRELOAD`); its children start with those modules loaded.
-WORKER_START_METHOD = "forkserver"
-#: Modules the fork server imports once for all workers.
-WORKER_PRELOAD = ("torch", "torch_geometric", "pymatgen.core", "paraisite.zoo.predictors", "paraisite.zoo.scan")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -104,26 +85,6 @@ class PredictionSummary:
     predicted: int
     failed: int
     ranked: Path | None = None
-
-
-def looks_like_structure(path: Path) -> bool:
-    """Whether a file found in a folder is taken: not hidden, and its name matches :data:`STRUCTURE_PATTERNS`."""
-    name = path.name.lower()
-    return not name.startswith(".") and any(fnmatch.fnmatch(name, pattern) for pattern in STRUCTURE_PATTERNS)
-
-
-def structure_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Absolute paths to predict: files as given, folders recursed (structure names only), without duplicates."""
-    found: dict[str, None] = {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found.update(
-                (os.path.abspath(p), None) for p in sorted(path.rglob("*")) if p.is_file() and looks_like_structure(p)
-            )
-        else:
-            found[os.path.abspath(path)] = None
-    return list(found)
 
 
 def read_and_graph(build: Callable[[Structure, str], Any], path: str) -> StructureGraph:
@@ -172,28 +133,6 @@ def _init_worker(pickled_predictor: bytes, max_percentile: float) -> None:
 
     torch.set_num_threads(1)
     _WORKER_MODEL.update(predictor=pickle.loads(pickled_predictor), max_percentile=max_percentile)
-
-
-def start_worker_server() -> None:
-    """Start the fork server of the worker processes (if not running) and return at once; it imports in the background.
-
-    Call it before loading the model: the server's imports then run on the other core while this process loads. It
-    starts with one thread per library (:data:`THREAD_VARIABLES`), so no forked worker inherits a thread pool; this
-    process's environment is left as it was.
-    """
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context(WORKER_START_METHOD).set_forkserver_preload(list(WORKER_PRELOAD))
-    saved = {variable: os.environ.get(variable) for variable in THREAD_VARIABLES}
-    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
-    try:
-        forkserver.ensure_running()
-    finally:
-        for variable, value in saved.items():
-            if value is None:
-                os.environ.pop(variable)
-            else:
-                os.environ[variable] = value
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str], max_percentile: float) -> list[dict[str, Any]]:
@@ -300,76 +239,6 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
                 row["in_domain"] = not unseen and bool(within)
         rows.append(row)
     return rows
-
-
-class OutputError(ValueError):
-    """An output file or option is refused; the refused file was not touched."""
-
-
-def check_run_options(batch_size: int, workers: int, max_percentile: float = DEFAULT_MAX_PERCENTILE) -> None:
-    """Refuse ``batch_size <= 0``, ``workers < 0`` and a ``max_percentile`` outside [0, 100]."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise OutputError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise OutputError(f"--workers must be 0 (read in this process) or more, got {workers!r}")
-    if not 0.0 <= max_percentile <= 100.0:
-        raise OutputError(f"--max-percentile must be within [0, 100], got {max_percentile!r}")
-
-
-def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # one of them does not exist: compare the names
-        return os.path.realpath(first) == os.path.realpath(second)
-
-
-def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, scan: bool = False) -> None:
-    """Refuse an output that is one of the inputs (also its ranking, for ``scan``) or not a regular file.
-
-    Runs before anything is written, so a refused output is never touched.
-
-    Raises:
-        OutputError: naming the output and the reason.
-    """
-    output = Path(output)
-    targets = [output, ranked_path(output)] if scan else [output]
-    if output.exists() and not output.is_file():
-        raise OutputError(f"-o {output}: exists and is not a regular file (a directory, FIFO or device)")
-    for path in inputs:
-        for target in targets:
-            if _same_file(target, path):
-                kind = "the ranking of -o" if target != output else "-o"
-                raise OutputError(f"{kind} {target} is also an input; choose another output file")
-
-
-@contextmanager
-def output_lock(output: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on ``<output>.lock`` while ``scan`` appends to ``output``: one writer per file.
-
-    The lock is an ``flock`` (released by the kernel if the process dies, so ``kill -9`` leaves no stale lock); the
-    file keeps the holder's pid for the refusal message and is left in place.
-
-    Raises:
-        OutputError: another process holds the lock (its pid is named); nothing was touched.
-    """
-    output = Path(output)
-    lock = output.with_name(f"{output.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputError(
-                f"{output}: another paraisite scan (pid {holder}) is writing this file (lock {lock}); "
-                "wait for it to finish or choose another output"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        yield lock
-    finally:
-        os.close(descriptor)  # releases the lock
 
 
 def finished_paths(output: Path, columns: list[str]) -> set[str]:
@@ -480,12 +349,6 @@ def run_predictions(
             if progress is not None:
                 progress(len(rows))
     return summary
-
-
-def ranked_path(output: str | os.PathLike) -> Path:
-    """``<out stem>.ranked.csv`` beside ``output``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.ranked.csv")
 
 
 def write_ranking(output: str | os.PathLike, column: str) -> Path:

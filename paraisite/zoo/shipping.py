@@ -53,8 +53,8 @@ from paraisite.zoo.bundle import (
     checked_runs,
     parse_manifest,
 )
+from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE
 from paraisite.zoo.predictors import LTCPredictor, load_checkpoints
-from paraisite.zoo.scan import DEFAULT_MAX_PERCENTILE
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,129 @@
+"""Which files a prediction takes and where its rows go: input discovery, option and output checks, the lock.
+
+Light on purpose (no torch, pymatgen or pandas): the CLI runs these checks, and starts the worker processes
+(:mod:`paraisite.zoo.workers`), before it imports the model code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Names taken from folders (case-insensitive); files named on the command line are always tried.
+STRUCTURE_PATTERNS = (
+    "*.cif",
+    "*.cif.gz",
+    "*.mcif",
+    "*.vasp",
+    "*.poscar",
+    "poscar*",
+    "contcar*",
+    "*.xsf",
+    "*.cssr",
+    "*.res",
+)
+#: ``in_domain`` threshold on ``latent_percentile``. 100 (off): on crystals of datasets the LTC ensembles never saw,
+#: a percentile threshold did not separate good from bad predictions, while unseen elements did
+#: (``experiments/ltc-zoo/domain.md``). A lower value adds the latent check.
+DEFAULT_MAX_PERCENTILE = 100.0
+DEFAULT_BATCH_SIZE = 128
+
+
+def looks_like_structure(path: Path) -> bool:
+    """Whether a file found in a folder is taken: not hidden, and its name matches :data:`STRUCTURE_PATTERNS`."""
+    name = path.name.lower()
+    return not name.startswith(".") and any(fnmatch.fnmatch(name, pattern) for pattern in STRUCTURE_PATTERNS)
+
+
+def structure_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Absolute paths to predict: files as given, folders recursed (structure names only), without duplicates."""
+    found: dict[str, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.update(
+                (os.path.abspath(p), None) for p in sorted(path.rglob("*")) if p.is_file() and looks_like_structure(p)
+            )
+        else:
+            found[os.path.abspath(path)] = None
+    return list(found)
+
+
+class OutputError(ValueError):
+    """An output file or option is refused; the refused file was not touched."""
+
+
+def check_run_options(batch_size: int, workers: int, max_percentile: float = DEFAULT_MAX_PERCENTILE) -> None:
+    """Refuse ``batch_size <= 0``, ``workers < 0`` and a ``max_percentile`` outside [0, 100]."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise OutputError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise OutputError(f"--workers must be 0 (read in this process) or more, got {workers!r}")
+    if not 0.0 <= max_percentile <= 100.0:
+        raise OutputError(f"--max-percentile must be within [0, 100], got {max_percentile!r}")
+
+
+def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist: compare the names
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, scan: bool = False) -> None:
+    """Refuse an output that is one of the inputs (also its ranking, for ``scan``) or not a regular file.
+
+    Runs before anything is written, so a refused output is never touched.
+
+    Raises:
+        OutputError: naming the output and the reason.
+    """
+    output = Path(output)
+    targets = [output, ranked_path(output)] if scan else [output]
+    if output.exists() and not output.is_file():
+        raise OutputError(f"-o {output}: exists and is not a regular file (a directory, FIFO or device)")
+    for path in inputs:
+        for target in targets:
+            if _same_file(target, path):
+                kind = "the ranking of -o" if target != output else "-o"
+                raise OutputError(f"{kind} {target} is also an input; choose another output file")
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``<output>.lock`` while ``scan`` appends to ``output``: one writer per file.
+
+    The lock is an ``flock`` (released by the kernel if the process dies, so ``kill -9`` leaves no stale lock); the
+    file keeps the holder's pid for the refusal message and is left in place.
+
+    Raises:
+        OutputError: another process holds the lock (its pid is named); nothing was touched.
+    """
+    output = Path(output)
+    lock = output.with_name(f"{output.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputError(
+                f"{output}: another paraisite scan (pid {holder}) is writing this file (lock {lock}); "
+                "wait for it to finish or choose another output"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def ranked_path(output: str | os.PathLike) -> Path:
+    """``<out stem>.ranked.csv`` beside ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.ranked.csv")

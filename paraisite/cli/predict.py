@@ -110,8 +110,8 @@ def default_workers(files: int) -> int:
 def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
     if args.workers > 1 and len(paths) > args.batch_size:  # the workers' imports run while this process imports
         start_worker_server(worker_preload(args.model))
-    # torch, pymatgen and the model code: imported only now, after the fork server started (1.5 s sooner than at the
-    # top of the module: all 5,578 AFLOW CIFs with a CGCNN model in 7 s instead of 11 s)
+    # torch, pymatgen and the model code: imported only now, after the fork server started (imported at the top, they
+    # delayed it by 1.5 s: all 5,578 AFLOW CIFs with a CGCNN model took 9-12 s, now about 8 s)
     from paraisite.zoo.predictors import load_predictor
     from paraisite.zoo.scan import run_predictions, scan
 

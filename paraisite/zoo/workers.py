@@ -22,7 +22,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def worker_preload(model: str) -> tuple[str, ...]:
-    """Modules to preload for ``--model``: the LTC ones too unless it is a zoo CGCNN model (decided by name only)."""
+    """Modules to preload for ``--model``: the LTC ones too unless it is a zoo CGCNN model.
+
+    Decided by the name alone, before anything is loaded; a wrong guess only costs time (a worker imports what its
+    model needs when it unpickles it).
+    """
     return WORKER_PRELOAD if model.startswith(CGCNN_ZOO_PREFIX) else WORKER_PRELOAD + LTC_PRELOAD
 
 

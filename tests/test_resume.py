@@ -194,7 +194,7 @@ def test_a_job_another_live_process_is_training_is_refused_and_left_alone(tmp_pa
             ),
         )
         before = record.status_path(cfg).read_bytes()
-        with pytest.raises(RunInProgressError, match=f"being trained by process {trainer_process.pid}"):
+        with pytest.raises(RunInProgressError, match=f"process {trainer_process.pid} wrote it running"):
             run(cfg)
         assert record.status_path(cfg).read_bytes() == before  # not marked failed, not resumed
         assert not (tmp_path / "checkpoints").exists()
@@ -212,3 +212,37 @@ def test_a_job_another_live_process_is_training_is_refused_and_left_alone(tmp_pa
     finally:
         trainer_process.kill()
         trainer_process.wait()
+
+
+def test_a_job_whose_lock_another_process_holds_is_refused_until_it_ends(tmp_path):
+    """Two commands started together both found the record free; the job's lock lets only one of them train."""
+    cfg = compose_train(tmp_path, *TINY_LTC)
+    lock = Path(cfg.paths.output_dir) / record.LOCK_NAME
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInProgressError, match=f"process {holder.pid} holds its {record.LOCK_NAME}"):
+            run(cfg)
+        assert not record.status_path(cfg).exists()  # nothing written, not even a running record
+    finally:
+        holder.kill()
+        holder.wait()
+    assert math.isfinite(run(cfg))  # the kernel released the killed holder's lock
+    assert record.completed(cfg) is not None
+
+
+#: A process that takes a job's lock the way ``job_lock`` does, says so, and keeps it until killed.
+HOLD_LOCK = """
+import fcntl, os, sys, time
+from pathlib import Path
+Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("locked", flush=True)
+time.sleep(300)
+"""

@@ -8,16 +8,25 @@ config again skips a completed run and resumes an interrupted one from its ``las
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, write_run_record
+
+#: Where a job's lock is kept, in its directory (left in place; the kernel releases it when the holder dies).
+LOCK_NAME = ".paraisite-train.lock"
+#: Environment variables that name a process other than a job's first one: DDP ranks (Lightning, torchrun) and the
+#: other tasks or nodes of a SLURM job. Such a process joins the job rank 0 holds the lock of.
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 #: Settings that say where and how fast a run goes, not what it computes (left out of the hash).
 NOT_HASHED = ("paths", "threads", "logger", "callbacks", "hydra", "group", "tags")
@@ -63,6 +72,39 @@ def running_elsewhere(cfg: DictConfig) -> RunRecord | None:
     if not record or record.status != "running" or record.pid in (os.getpid(), os.getppid()):
         return None
     return record if process_alive(record.pid, record.started) else None
+
+
+def joins_another_rank() -> bool:
+    """Whether this process is a rank > 0 of a distributed job (see :data:`RANK_VARIABLES`)."""
+    return any(os.environ.get(variable, "0").strip() not in ("", "0") for variable in RANK_VARIABLES)
+
+
+@contextmanager
+def job_lock(cfg: DictConfig) -> Iterator[int | None]:
+    """Hold an exclusive lock on the job directory's :data:`LOCK_NAME` while this process trains the job.
+
+    Yields ``None`` when it holds the lock (or is a rank > 0, which trains with rank 0), else the pid of the process
+    that holds it. The lock is an ``flock``: two commands started at the same moment cannot both pass the check of
+    the record and train the job twice over the same files, and a killed holder releases it, so its job resumes.
+    """
+    if joins_another_rank():
+        yield None
+        return
+    folder = Path(cfg.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            yield int(holder) if holder.isdigit() else -1
+            return
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield None
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def resumable(cfg: DictConfig) -> bool:

@@ -215,24 +215,34 @@ class RunInProgressError(RuntimeError):
 
 
 def run(cfg: DictConfig) -> float:
-    """Task wrapper: records a failure in ``metrics.json`` and always closes wandb.
+    """Task wrapper: skips a completed job and one another process trains, records a failure, closes wandb.
 
-    In a multirun a failed job returns NaN so the sweep goes on; a single run re-raises.
+    The job's lock (:func:`paraisite.training.record.job_lock`) is held from the check of its record to its end. In a
+    multirun a failed or busy job returns NaN so the sweep goes on; a single run re-raises or raises
+    :class:`RunInProgressError`.
     """
     output_dir = Path(cfg.paths.output_dir)
-    done = record.completed(cfg)
-    if done is not None:
-        log.info("%s already holds this config's completed run; skipped", output_dir)
-        return float((done.best or {}).get("mape", math.nan))
-    busy = record.running_elsewhere(cfg)
-    if busy is not None:  # resuming it here would train one job twice over the same files
-        message = (
-            f"{output_dir} is being trained by process {busy.pid} (its {record.status_path(cfg).name} says running)"
-        )
-        if not _in_multirun():
-            raise RunInProgressError(f"{message}; run it again when that process has ended")
-        log.warning("%s; skipped: re-run the sweep when that process has ended", message)
-        return math.nan
+    with record.job_lock(cfg) as holder:
+        done = record.completed(cfg)
+        if done is not None:
+            log.info("%s already holds this config's completed run; skipped", output_dir)
+            return float((done.best or {}).get("mape", math.nan))
+        busy = record.running_elsewhere(cfg)  # a live process that wrote the record without the lock
+        if holder is not None:
+            reason = f"process {holder} holds its {record.LOCK_NAME}"
+        elif busy is not None:
+            reason = f"process {busy.pid} wrote it running in {record.status_path(cfg).name}"
+        if holder is not None or busy is not None:  # resuming it here would train one job twice over the same files
+            message = f"{output_dir} is being trained by another process ({reason})"
+            if not _in_multirun():
+                raise RunInProgressError(f"{message}; run it again when that process has ended")
+            log.warning("%s; skipped: re-run the sweep when that process has ended", message)
+            return math.nan
+        return _train_recording_failure(cfg, output_dir)
+
+
+def _train_recording_failure(cfg: DictConfig, output_dir: Path) -> float:
+    """:func:`train`; a failure is recorded in the job's record (and re-raised outside a multirun)."""
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))

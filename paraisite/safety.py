@@ -10,12 +10,14 @@ One place for the rules every reader applies:
 - :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` and ``.xz``
   contents, whose decompressed size is what is limited: a decompression bomb is cut off at the limit).
 - :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
+- :func:`exclusive_lock`: one process at a time (one writer of a scan's CSV, one trainer of a job).
 
 Everything here is cheap and has no heavy imports, so it can run on every load.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import lzma
@@ -24,7 +26,8 @@ import re
 import stat
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 #: Largest structure file read by ``predict``/``scan`` (also the largest decompressed ``.gz`` content).
@@ -46,6 +49,29 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[str | None]:
+    """Try to hold an exclusive ``flock`` on ``path`` (created if missing, left in place) for the ``with`` block.
+
+    Yields ``None`` when this process holds it (its pid is then written in the file), else what the holder wrote
+    there (its pid; "" if unknown), without waiting. The kernel releases the lock when its holder dies, so a killed
+    process leaves no stale lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+            return
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield None
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class UnsafePathError(ValueError):

@@ -234,15 +234,13 @@ def test_a_job_whose_lock_another_process_holds_is_refused_until_it_ends(tmp_pat
     assert record.completed(cfg) is not None
 
 
-#: A process that takes a job's lock the way ``job_lock`` does, says so, and keeps it until killed.
+#: A process that takes a lock with ``exclusive_lock`` (as ``job_lock`` does), says so, and keeps it until killed.
 HOLD_LOCK = """
-import fcntl, os, sys, time
+import sys, time
 from pathlib import Path
-Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.ftruncate(fd, 0)
-os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
-print("locked", flush=True)
-time.sleep(300)
+from paraisite.safety import exclusive_lock
+with exclusive_lock(Path(sys.argv[1])) as holder:
+    assert holder is None
+    print("locked", flush=True)
+    time.sleep(300)
 """

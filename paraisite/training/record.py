@@ -8,7 +8,6 @@ config again skips a completed run and resumes an interrupted one from its ``las
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, write_run_record
+from paraisite.safety import exclusive_lock
 
 #: Where a job's lock is kept, in its directory (left in place; the kernel releases it when the holder dies).
 LOCK_NAME = ".paraisite-train.lock"
@@ -80,31 +80,19 @@ def joins_another_rank() -> bool:
 
 
 @contextmanager
-def job_lock(cfg: DictConfig) -> Iterator[int | None]:
+def job_lock(cfg: DictConfig) -> Iterator[str | None]:
     """Hold an exclusive lock on the job directory's :data:`LOCK_NAME` while this process trains the job.
 
-    Yields ``None`` when it holds the lock (or is a rank > 0, which trains with rank 0), else the pid of the process
-    that holds it. The lock is an ``flock``: two commands started at the same moment cannot both pass the check of
-    the record and train the job twice over the same files, and a killed holder releases it, so its job resumes.
+    Yields ``None`` when it holds the lock (or is a rank > 0, which trains with rank 0), else the pid the holder
+    wrote ("" if unknown). The lock is a :func:`paraisite.safety.exclusive_lock`: two commands started at the same
+    moment cannot both pass the check of the record and train the job twice over the same files, and a killed
+    holder releases it, so its job resumes.
     """
     if joins_another_rank():
         yield None
         return
-    folder = Path(cfg.paths.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
-            yield int(holder) if holder.isdigit() else -1
-            return
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        yield None
-    finally:
-        os.close(descriptor)  # releases the lock
+    with exclusive_lock(Path(cfg.paths.output_dir) / LOCK_NAME) as holder:
+        yield holder
 
 
 def resumable(cfg: DictConfig) -> bool:

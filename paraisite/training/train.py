@@ -229,7 +229,7 @@ def run(cfg: DictConfig) -> float:
             return float((done.best or {}).get("mape", math.nan))
         busy = record.running_elsewhere(cfg)  # a live process that wrote the record without the lock
         if holder is not None:
-            reason = f"process {holder} holds its {record.LOCK_NAME}"
+            reason = f"process {holder or 'unknown'} holds its {record.LOCK_NAME}"
         elif busy is not None:
             reason = f"process {busy.pid} wrote it running in {record.status_path(cfg).name}"
         if holder is not None or busy is not None:  # resuming it here would train one job twice over the same files

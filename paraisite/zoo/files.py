@@ -6,12 +6,13 @@ Light on purpose (no torch, pymatgen or pandas): the CLI runs these checks, and 
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from paraisite.safety import exclusive_lock
 
 #: Names taken from folders (case-insensitive); files named on the command line are always tried.
 STRUCTURE_PATTERNS = (
@@ -105,22 +106,13 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
     """
     output = Path(output)
     lock = output.with_name(f"{output.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+    with exclusive_lock(lock) as holder:
+        if holder is not None:
             raise OutputError(
-                f"{output}: another paraisite scan (pid {holder}) is writing this file (lock {lock}); "
+                f"{output}: another paraisite scan (pid {holder or 'unknown'}) is writing this file (lock {lock}); "
                 "wait for it to finish or choose another output"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            )
         yield lock
-    finally:
-        os.close(descriptor)  # releases the lock
 
 
 def ranked_path(output: str | os.PathLike) -> Path:

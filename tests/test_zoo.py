@@ -84,6 +84,11 @@ def test_unpublished_ensemble_names_the_way_to_get_it(private_cache, capsys):
         load_predictor(NAME)
     assert main(["predict", "--model", NAME, "x.cif", "-o", str(private_cache / "out.csv")]) == 1
     assert "not yet published" in capsys.readouterr().err
+    for name, entry in catalog().items():  # a Step III name a user takes from the paper points to what ships
+        if entry.step == "step3" and name not in shipped_manifests():
+            instead = f"ltc-step2-{entry.dataset.lower()}"
+            assert f"use `--model {instead}`" in entry.unavailable_message
+            assert instead in shipped_manifests()
 
 
 def test_export_install_and_ensemble_statistics(sweep, tmp_path, private_cache, structures):

@@ -130,7 +130,14 @@ class ZooEntry:
 
     @builtins.property
     def unavailable_message(self) -> str:
-        """The error when an ensemble is neither published nor installed."""
+        """The error when an ensemble is neither published nor installed; for Step III, the shipped Step II to use."""
+        if self.step == "step3" and self.dataset in FULL_STEP3_MAPE:
+            instead = f"ltc-step2-{self.dataset.lower()}"
+            return (
+                f"{self.name}: not yet published: at the full budget this Step III ensemble scored MAPE "
+                f"{FULL_STEP3_MAPE[self.dataset]}, worse than {instead}, which ships with paraisite: use "
+                f"`--model {instead}`; or {self.how_to_obtain}"
+            )
         return f"{self.name}: not yet published: {self.how_to_obtain}"
 
 
@@ -287,8 +294,9 @@ def _ltc_status(entry: ZooEntry, shipped: dict | None, published: PublishedBundl
             f"Shipped in the package (`paraisite/zoo/models/{entry.name}/`, every member's sha256 in its manifest, "
             "verified on each load): works offline, nothing to download."
         )
-    if published is None:
-        return f"Not yet published: {entry.how_to_obtain}."
+    if published is None:  # what predict says, without the name in front
+        what_to_do = entry.unavailable_message.removeprefix(f"{entry.name}: not yet published: ")
+        return f"Not yet published: {what_to_do}."
     asset = published.asset
     return (
         f"Published as release asset {asset.url} (sha256 {asset.sha256}, {asset.size} bytes; mirror path "

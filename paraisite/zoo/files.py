@@ -31,6 +31,7 @@ STRUCTURE_PATTERNS = (
 #: a percentile threshold did not separate good from bad predictions, while unseen elements did
 #: (``experiments/ltc-zoo/domain.md``). A lower value adds the latent check.
 DEFAULT_MAX_PERCENTILE = 100.0
+#: Structure files per batch: read, graphed and predicted together, and written to the CSV together.
 DEFAULT_BATCH_SIZE = 128
 
 

@@ -18,6 +18,7 @@ WORKER_PRELOAD = ("torch", "torch_geometric", "pymatgen.core", "paraisite.zoo.pr
 LTC_PRELOAD = ("paraisite.models.regressor", "paraisite.models.megnet", "paraisite.data.graphs")
 #: Zoo names of the CGCNN models (the catalog's ``cgcnn-<name>``): they need no LTC modules.
 CGCNN_ZOO_PREFIX = "cgcnn-"
+#: Thread counts the fork server starts with (1 each), so that no worker inherits a thread pool.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 

@@ -228,6 +228,23 @@ def write_inference_checkpoint(source: Path, target: Path) -> None:
     torch.save(kept, target)
 
 
+def manifest_head(name: str, step: str, dataset: str, record: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The first fields of a bundle manifest, in their order.
+
+    Format and name; the runs' step, dataset, and the protocol and profile of one run's ``record``; then ``extra``
+    in order; then the paraisite version.
+    """
+    head = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "step": step,
+        "dataset": dataset,
+        "protocol": record.get("protocol"),
+        "profile": record.get("profile"),
+    }
+    return {**head, **extra, "paraisite_version": paraisite.__version__}
+
+
 def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: str, output: str | os.PathLike) -> Path:
     """Build bundle ``name`` in ``output`` from the completed runs of a sweep; returns its manifest path.
 
@@ -262,17 +279,7 @@ def export_bundle(sweep_dir: str | os.PathLike, step: str, dataset: str, name: s
                 "source_sha256": registry.sha256sum(checkpoint),
             }
         )
-    first = runs[0][1]
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "name": name,
-        "step": step,
-        "dataset": dataset,
-        "protocol": first.get("protocol"),
-        "profile": first.get("profile"),
-        "paraisite_version": paraisite.__version__,
-        "members": members,
-    }
+    manifest = {**manifest_head(name, step, dataset, runs[0][1]), "members": members}
     manifest_path = output / MANIFEST
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return manifest_path

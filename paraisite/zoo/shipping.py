@@ -32,7 +32,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pymatgen.core import Composition
 
-import paraisite
 from paraisite.checkpoints import INT8_KEY, load_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
@@ -46,11 +45,11 @@ from paraisite.evaluation.uncertainty import (
     uncertainty_report,
 )
 from paraisite.zoo.bundle import (
-    BUNDLE_FORMAT,
     INFERENCE_KEYS,
     MANIFEST,
     BundleError,
     checked_runs,
+    manifest_head,
     parse_manifest,
 )
 from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE
@@ -307,14 +306,7 @@ def ship_ensemble(
     floats = [m["val_mape_float32"] for m in per_member]
     first = runs[0][1]
     manifest = {
-        "format": BUNDLE_FORMAT,
-        "name": name,
-        "step": step,
-        "dataset": dataset,
-        "protocol": first.get("protocol"),
-        "profile": first.get("profile"),
-        "epochs": first.get("epochs"),
-        "paraisite_version": paraisite.__version__,
+        **manifest_head(name, step, dataset, first, epochs=first.get("epochs")),
         "trained_at_revision": first.get("git_revision"),
         "description": description,
         "weights": f"head: int8 matrices, one float32 scale per {GROUP_SIZE} input columns; backbone: float16; "

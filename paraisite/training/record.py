@@ -65,11 +65,13 @@ def completed(cfg: DictConfig) -> RunRecord | None:
 def running_elsewhere(cfg: DictConfig) -> RunRecord | None:
     """The ``running`` record of this directory when another live process wrote it (it is training the job now).
 
-    Not this process, and not its parent: Lightning's DDP launcher starts ranks 1.. as children of rank 0, which
-    has already marked the job running.
+    Not this process, and never for a rank > 0 (:func:`joins_another_rank`): it joins the job its rank 0 has
+    already marked running (Lightning's DDP launcher, torchrun, SLURM tasks).
     """
+    if joins_another_rank():
+        return None
     record = read_status(status_path(cfg))
-    if not record or record.status != "running" or record.pid in (os.getpid(), os.getppid()):
+    if not record or record.status != "running" or record.pid == os.getpid():
         return None
     return record if process_alive(record.pid, record.started) else None
 

@@ -227,12 +227,12 @@ def run(cfg: DictConfig) -> float:
         if done is not None:
             log.info("%s already holds this config's completed run; skipped", output_dir)
             return float((done.best or {}).get("mape", math.nan))
-        busy = record.running_elsewhere(cfg)  # a live process that wrote the record without the lock
+        reason = None
         if holder is not None:
             reason = f"process {holder or 'unknown'} holds its {record.LOCK_NAME}"
-        elif busy is not None:
+        elif (busy := record.running_elsewhere(cfg)) is not None:  # a live process that wrote it without the lock
             reason = f"process {busy.pid} wrote it running in {record.status_path(cfg).name}"
-        if holder is not None or busy is not None:  # resuming it here would train one job twice over the same files
+        if reason is not None:  # resuming it here would train one job twice over the same files
             message = f"{output_dir} is being trained by another process ({reason})"
             if not _in_multirun():
                 raise RunInProgressError(f"{message}; run it again when that process has ended")

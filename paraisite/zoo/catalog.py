@@ -129,16 +129,20 @@ class ZooEntry:
         )
 
     @builtins.property
-    def unavailable_message(self) -> str:
-        """The error when an ensemble is neither published nor installed; for Step III, the shipped Step II to use."""
+    def unpublished_advice(self) -> str:
+        """What to do instead of an unpublished ensemble: for Step III the shipped Step II, then how to train it."""
         if self.step == "step3" and self.dataset in FULL_STEP3_MAPE:
             instead = f"ltc-step2-{self.dataset.lower()}"
             return (
-                f"{self.name}: not yet published: at the full budget this Step III ensemble scored MAPE "
-                f"{FULL_STEP3_MAPE[self.dataset]}, worse than {instead}, which ships with paraisite: use "
-                f"`--model {instead}`; or {self.how_to_obtain}"
+                f"at the full budget this Step III ensemble scored MAPE {FULL_STEP3_MAPE[self.dataset]}, worse than "
+                f"{instead}, which ships with paraisite: use `--model {instead}`; or {self.how_to_obtain}"
             )
-        return f"{self.name}: not yet published: {self.how_to_obtain}"
+        return self.how_to_obtain
+
+    @builtins.property
+    def unavailable_message(self) -> str:
+        """The error when an ensemble is neither published nor installed."""
+        return f"{self.name}: not yet published: {self.unpublished_advice}"
 
 
 def _cgcnn_entries() -> list[ZooEntry]:
@@ -294,9 +298,8 @@ def _ltc_status(entry: ZooEntry, shipped: dict | None, published: PublishedBundl
             f"Shipped in the package (`paraisite/zoo/models/{entry.name}/`, every member's sha256 in its manifest, "
             "verified on each load): works offline, nothing to download."
         )
-    if published is None:  # what predict says, without the name in front
-        what_to_do = entry.unavailable_message.removeprefix(f"{entry.name}: not yet published: ")
-        return f"Not yet published: {what_to_do}."
+    if published is None:
+        return f"Not yet published: {entry.unpublished_advice}."
     asset = published.asset
     return (
         f"Published as release asset {asset.url} (sha256 {asset.sha256}, {asset.size} bytes; mirror path "

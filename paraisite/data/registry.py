@@ -30,6 +30,8 @@ UPSTREAM_COMMITS: dict[str, str] = {
     "materialsvirtuallab/matgl": "e9cde2291acd0b4c4a342428e7dd5e4d596b7bf9",
     "txie-93/cgcnn": "f42ab233c4ee0c416879d6bc2d22a264418413ad",
     "anthony-wang/can_machine_learning_find_extraordinary_materials": "a92de37fb3c9640db66a8e8781d9bcc1a69b2d73",
+    "xia0WT/thermal_conductivity_summary": "da3654a68c96ada0b16603972fc9201cfc6a0c08",
+    "lrcfmd/thermal_conductivity_RF": "6aed449d12519d8e55f7df06b82c94deb0133d7c",
 }
 RAW_URL = "https://raw.githubusercontent.com/"
 RELEASE_URL = "https://github.com/"
@@ -46,6 +48,15 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "aflow": {
         _PARAISITE: ["main/src/structures_scalers/TC_AFLOW.pkl", "main/src/aflow_cif/*.cif"],
         _AFLOW_CSV: ["data/agl_log10_thermal_conductivity_300K/*.csv"],
+    },
+    "measured": {
+        "xia0WT/thermal_conductivity_summary": ["new_set_tcd.csv"],
+        "lrcfmd/thermal_conductivity_RF": ["data.csv"],
+        _PARAISITE: [
+            "main/src/aflow_cif/*.cif",
+            "main/src/structures_scalers/*Dataset1.pkl",
+            "main/src/structures_scalers/*Dataset2.pkl",
+        ],
     },
     "paper-results": {_PARAISITE: ["main/src/results_on_train_test/*.csv"]},
     "megnet-eform": {"materialsvirtuallab/matgl": ["pretrained_models/MEGNet-MP-2018.6.1-Eform/*"]},

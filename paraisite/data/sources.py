@@ -14,6 +14,7 @@ combinations of *sources* chosen in config (``conf/data``), never separate code 
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from paraisite.data import registry
 from paraisite.data.cache import read_verified, settings_key, write_verified
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 PARAISITE = "liudakl/ParAIsite"
 AFLOW_CSV_REPO = "anthony-wang/can_machine_learning_find_extraordinary_materials"
 AFLOW_CSV_DIR = "data/agl_log10_thermal_conductivity_300K"
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
+#: What kind of value each source's TC is; a multi-fidelity model takes it as an input (``data.fidelities``).
+FIDELITIES = ("agl", "ab-initio", "measured")
 
 
 class StructureFileError(ValueError):
@@ -54,16 +57,28 @@ class CrystalRecord:
     tc: float
     structure: Structure
     source: str
+    #: Registry key of the structure's file (``#<index>`` into a pickled list).
+    structure_file: str = ""
+    #: Where the value comes from (upstream file and row), for export.
+    provenance: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON form used in the converted cache."""
-        return {"id": self.id, "formula": self.formula, "tc": self.tc, "structure": self.structure.as_dict()}
+        return {
+            "id": self.id,
+            "formula": self.formula,
+            "tc": self.tc,
+            "structure": self.structure.as_dict(),
+            "structure_file": self.structure_file,
+            "provenance": self.provenance,
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any], source: str) -> CrystalRecord:
         """Inverse of :meth:`to_json`."""
         structure = Structure.from_dict(row["structure"])
-        return cls(row["id"], row["formula"], float(row["tc"]), structure, source)
+        extra = (row.get("structure_file", ""), row.get("provenance", ""))
+        return cls(row["id"], row["formula"], float(row["tc"]), structure, source, *extra)
 
 
 @dataclass
@@ -84,6 +99,7 @@ class SourceSpec:
     inputs: tuple[registry.UpstreamFile, ...]
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    fidelity: str = "ab-initio"
 
 
 def _pickle_pair(stem: str) -> tuple[registry.UpstreamFile, ...]:
@@ -98,6 +114,18 @@ def _aflow_inputs() -> tuple[registry.UpstreamFile, ...]:
     return (tc, *csvs, *cifs)
 
 
+def _measured_inputs() -> tuple[registry.UpstreamFile, ...]:
+    compilations = (
+        registry.get(XIA0WT, "new_set_tcd.csv"),
+        registry.get(LRCFMD, "data.csv"),
+    )
+    structures = (*_pickle_pair("Dataset1"), *_pickle_pair("Dataset2"))
+    return (*compilations, *structures, *registry.select(PARAISITE, "main/src/aflow_cif/*.cif"))
+
+
+XIA0WT = "xia0WT/thermal_conductivity_summary"
+LRCFMD = "lrcfmd/thermal_conductivity_RF"
+
 SOURCES: dict[str, Callable[[], SourceSpec]] = {
     "dataset1": lambda: SourceSpec(
         "paraisite_pickles", _pickle_pair("Dataset1"), {}, "Dataset1 (L96): 95 binary compounds, ab-initio LTC"
@@ -110,6 +138,14 @@ SOURCES: dict[str, Callable[[], SourceSpec]] = {
         _aflow_inputs(),
         {"first_tolerance": 2e-7, "second_tolerance": 2e-6},
         "AFLOW AGL LTC at 300 K: the 3,659 of the paper's 5,578 crystals whose value can be paired offline",
+        "agl",
+    ),
+    "measured": lambda: SourceSpec(
+        "measured_compilations",
+        _measured_inputs(),
+        {},
+        "Measured room-temperature LTC from two public compilations, attached to registry structures only",
+        "measured",
     ),
 }
 
@@ -165,11 +201,23 @@ def read_paraisite_pickles(
     table = pd.read_pickle(table_path)  # sha256 verified by the registry
     if len(structures) != len(table):
         raise ValueError(f"{structures_path} has {len(structures)} structures but {table_path} has {len(table)} rows")
+    key, values = registry_key(structures_path), registry_key(table_path)
     records = [
-        CrystalRecord(str(row.mpd_id), str(row.formula), float(row.TC), structure, name)
-        for row, structure in zip(table.itertuples(index=False), structures, strict=True)
+        CrystalRecord(str(row.mpd_id), str(row.formula), float(row.TC), structure, name, f"{key}#{i}", f"{values}#{i}")
+        for i, (row, structure) in enumerate(zip(table.itertuples(index=False), structures, strict=True))
     ]
     return records, {"rows": len(records)}
+
+
+def registry_key(path: Path) -> str:
+    """``<owner>/<repo>/<path>`` of a fetched file (its cache path ends with it)."""
+    parts = path.parts
+    for repo in registry.UPSTREAM_COMMITS:
+        owner, name = repo.split("/")
+        for i in range(len(parts) - 1):
+            if parts[i] == owner and parts[i + 1] == name:
+                return "/".join(parts[i:])
+    return path.name
 
 
 def pair_aflow_values(
@@ -231,9 +279,10 @@ def read_aflow_pairs(
             log.warning("skipped: %s", error)
             unreadable.append(str(error))
             continue
-        records.append(
-            CrystalRecord(cif_id, structure.composition.reduced_formula, tc_values[pairs[cif_id]], structure, name)
-        )
+        cif_key = registry_key(cif_paths[cif_id])
+        provenance = f"{registry_key(tc_path)}#{pairs[cif_id]}"
+        formula = structure.composition.reduced_formula
+        records.append(CrystalRecord(cif_id, formula, tc_values[pairs[cif_id]], structure, name, cif_key, provenance))
     report = {
         "tc_values": len(tc_values),
         "cifs": len(cif_paths),
@@ -245,9 +294,59 @@ def read_aflow_pairs(
     return records, report
 
 
+def _same(structure: Structure) -> Structure:
+    return structure
+
+
+def read_measured_compilations(
+    name: str, paths: list[Path], on_bad_structure: str = "skip"
+) -> tuple[list[CrystalRecord], dict[str, Any]]:
+    """Curate the measured compilations onto the registry's structures (see :mod:`paraisite.data.measured`)."""
+    from paraisite.data import measured
+
+    xia0wt_path, lrcfmd_path, *rest = paths
+    rows = measured.read_xia0wt(xia0wt_path.read_text(encoding="utf-8"))
+    rows += measured.read_lrcfmd(lrcfmd_path.read_text(encoding="utf-8"))
+    pickles, cifs = rest[:4], [p for p in rest[4:] if p.suffix == ".cif"]
+    entries: list[tuple[str, str, str, Callable[[], Structure], str]] = []
+    ab_initio: dict[str, float] = {}
+    for source, pair in (("dataset1", pickles[:2]), ("dataset2", pickles[2:])):
+        for record in read_paraisite_pickles(source, pair)[0]:
+            formula = record.structure.composition.reduced_formula
+            ab_initio[record.id] = record.tc
+            entries.append(
+                (source, record.id, record.structure_file, functools.partial(_same, record.structure), formula)
+            )
+    unreadable: list[str] = []
+    for path in cifs:
+        try:
+            formula = Composition(path.stem.rsplit("_ICSD_", 1)[0]).reduced_formula
+        except Exception:
+            unreadable.append(f"{path.name}: formula in the file name does not parse")
+            continue
+        entries.append(("aflow_cif", path.stem, registry_key(path), functools.partial(read_structure, path), formula))
+    crystals, report = measured.curate(rows, measured.StructureIndex(entries, ab_initio))
+    records = [
+        CrystalRecord(
+            c.candidate.id,
+            c.candidate.structure.composition.reduced_formula,
+            c.tc,
+            c.candidate.structure,
+            name,
+            c.candidate.structure_file,
+            c.provenance,
+        )
+        for c in crystals
+    ]
+    report["records"] = len(records)
+    report["unreadable"] = unreadable + report.pop("unreadable_structures")
+    return records, report
+
+
 READERS: dict[str, Callable[..., tuple[list[CrystalRecord], dict[str, Any]]]] = {
     "paraisite_pickles": read_paraisite_pickles,
     "aflow_pairs": read_aflow_pairs,
+    "measured_compilations": read_measured_compilations,
 }
 
 

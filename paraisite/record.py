@@ -76,6 +76,7 @@ class RunRecord:
     best_checkpoint: str | None = None
     best: dict[str, Any] | None = None
     cross: dict[str, Any] | None = None
+    holdout: dict[str, Any] | None = None
     best_mape: dict[str, Any] | None = None
     seconds: float | None = None
     pid: int | None = None
@@ -171,6 +172,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "best_checkpoint": str,
     "best": dict,
     "cross": dict,
+    "holdout": dict,
     "best_mape": dict,
     "seconds": (int, float),
     "pid": int,

@@ -34,6 +34,8 @@ STATS = {"mean": 1.0, "std": 0.5}
 
 @pytest.mark.slow
 def test_every_config_combination_composes_and_instantiates(tmp_path):
+    """Every model (backbone x head x protocol) with the default data, and every data x experiment x protocol with the
+    default model (an experiment picks its own backbone): data and experiment files set no model keys."""
     groups = {
         "data": group_options("data"),
         "model/backbone": group_options("model/backbone"),
@@ -41,19 +43,27 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
         "protocol": group_options("protocol"),
         "experiment": [None, *group_options("experiment")],
     }
-    assert groups["data"] == ["aflow", "dataset1", "dataset2", "mix"]
+    assert groups["data"] == ["aflow", "dataset1", "dataset2", "measured", "mf", "mix"]
+    for group in ("data", "experiment"):
+        for option in groups[group]:
+            if option is not None:
+                raw = load_group_option(group, option)
+                assert not {"model"} & set(raw), (group, option)
+    model_groups = ("model/backbone", "model/head", "protocol")
+    data_groups = ("data", "experiment", "protocol")
     models = {}
     with hydra_configs():
-        for combo in itertools.product(*groups.values()):
-            overrides = [f"{g}={o}" for g, o in zip(groups, combo, strict=True) if o is not None]
-            cfg = compose(config_name="train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
-            OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-            datamodule = build_datamodule(cfg)
-            assert datamodule.name == cfg.data.name
-            key = (cfg.model.backbone.name, cfg.model.head._target_, cfg.protocol.name)
-            if key not in models:
-                models[key] = build_model(cfg, STATS)
-                assert models[key].head(torch.zeros(2, models[key].backbone.out_dim)).shape == (2, 1)
+        for chosen in (model_groups, data_groups):
+            for combo in itertools.product(*(groups[g] for g in chosen)):
+                overrides = [f"{g}={o}" for g, o in zip(chosen, combo, strict=True) if o is not None]
+                cfg = compose(config_name="train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+                OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+                datamodule = build_datamodule(cfg)
+                assert datamodule.name == cfg.data.name
+                key = (cfg.model.backbone.name, cfg.model.head._target_, cfg.protocol.name)
+                if key not in models:
+                    models[key] = build_model(cfg, STATS)
+                    assert models[key].head(torch.zeros(2, models[key].backbone.out_dim)).shape == (2, 1)
     # every file of conf/model/backbone/ is composed above; the contract of each: tests/test_backbones.py
     assert {"cgcnn_pretrained", "cgcnn_scratch", "megnet_pretrained", "megnet_scratch"} <= set(groups["model/backbone"])
     assert len(models) == len(groups["model/backbone"]) * len(groups["model/head"]) * len(groups["protocol"])
@@ -74,19 +84,23 @@ def test_every_config_combination_composes_and_instantiates(tmp_path):
         assert instantiate_group(compose_train(tmp_path, f"callbacks={option}").callbacks)
 
 
+#: Keys a dataset file may set besides its name and sources: what its sources mean (a multi-fidelity dataset).
+DATA_SEMANTICS = ("fidelities", "select_on")
+
+
 def test_each_dataset_config_is_the_shared_base_plus_its_name_and_sources():
     """Cross-evaluation builds the other datasets from their name and sources only (``build_datamodule``), so a
     dataset file sets nothing else: the settings they share are in ``conf/data/base/ltc.yaml``."""
     for option in group_options("data"):
         raw = load_group_option("data", option)
-        assert set(raw) == {"defaults", "name", "sources"}, option
+        assert {"defaults", "name", "sources"} <= set(raw) <= {"defaults", "name", "sources", *DATA_SEMANTICS}, option
         assert list(raw.defaults) == ["base/ltc@_here_", "_self_"], option
 
 
 def test_each_step_experiment_takes_its_tags_and_cross_evaluation_from_the_shared_base(tmp_path):
     """A step file sets its task, backbone and (Step III) starting point; what the steps share (tags, cross_eval) is
     in ``conf/experiment/base/step.yaml``."""
-    assert group_options("experiment") == ["step1", "step2", "step3"]
+    assert group_options("experiment") == ["mf", "step1", "step2", "step3", "step4", "step4_abinitio"]
     for option in group_options("experiment"):
         raw = load_group_option("experiment", option)
         assert not {"tags", "cross_eval"} & set(raw), option

@@ -50,11 +50,19 @@ class GraphDataset(Dataset):
         samples: Sequence[Sample],
         source_stats: dict[str, dict[str, float]],
         features: dict[str, torch.Tensor] | None = None,
+        fidelity: dict[str, int] | None = None,
+        selected: Sequence[str] | None = None,
     ) -> None:
         self.graph_sets = graph_sets
         self.samples = list(samples)
         self.source_stats = {k: torch.tensor([[v["mean"], v["std"]]]) for k, v in source_stats.items()}
         self.features = features
+        #: Fidelity index of each source (see :func:`fidelity_state`); None: the graphs' own state is kept.
+        self.fidelity = fidelity
+        #: Predict every sample at this fidelity index instead of its own (evaluation at several fidelities).
+        self.force_fidelity: int | None = None
+        #: Sources whose rows choose the best checkpoint (``select_mask`` 1); None: every row.
+        self.selected = None if selected is None else set(selected)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,8 +74,12 @@ class GraphDataset(Dataset):
         graph = item[0]
         graph.sample_index = torch.tensor([idx])
         graph.label_stats = self.source_stats[sample.source]
+        graph.select_mask = torch.tensor([float(self.selected is None or sample.source in self.selected)])
         if self.features is not None:
             graph.extra_features = self.features[sample.source][sample.index].reshape(1, -1)
+        if self.fidelity is not None:
+            level = self.fidelity[sample.source] if self.force_fidelity is None else self.force_fidelity
+            item = (item[0], item[1], fidelity_state(level, item[2]), *item[3:])
         return item
 
     def feature_rows(self) -> torch.Tensor:
@@ -80,6 +92,40 @@ class GraphDataset(Dataset):
     def tc(self) -> torch.Tensor:
         """Targets (W/mK) of every sample, in order."""
         return torch.stack([self.graph_sets[s.source].tc[s.index] for s in self.samples])
+
+
+def fidelity_state(level: int, state_attr: torch.Tensor) -> torch.Tensor:
+    """The global state of a graph at fidelity ``level``.
+
+    Level 0 is the graph's default state (all zeros, what the published MEGNet was trained with); level ``k >= 1``
+    sets component ``k - 1`` to 1.
+
+    Followed by the state encoder's first Linear layer, this is as expressive as a learned embedding of the
+    fidelities, and it keeps the published architecture (and weights) unchanged.
+    """
+    state = torch.zeros_like(state_attr)
+    if level > 0:
+        if level > state.shape[-1]:
+            raise ValueError(f"fidelity {level} needs a global state of at least {level} values, got {state.shape[-1]}")
+        state[..., level - 1] = 1.0
+    return state
+
+
+def _holdout_settings(holdout: Any, sources: Sequence[str]) -> dict[str, Any]:
+    """Checked ``holdout`` settings: ``folds`` >= 2, ``0 <= fold < folds``, ``seed``, ``over``.
+
+    ``over``: the sources that define the groups and folds (default the datamodule's own), so that every stage of a
+    chain can share one set of folds.
+    """
+    settings = dict(holdout)
+    unknown = set(settings) - {"folds", "fold", "seed", "over"}
+    if unknown:
+        raise ValueError(f"unknown holdout key(s) {sorted(unknown)}; valid: folds, fold, seed, over")
+    folds, fold, seed = int(settings.get("folds", 5)), int(settings["fold"]), int(settings.get("seed", 0))
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"holdout needs folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    over = [str(s) for s in (settings.get("over") or sources)]
+    return {"folds": folds, "fold": fold, "seed": seed, "over": over}
 
 
 def feature_statistics(rows: torch.Tensor) -> dict[str, list[float]]:
@@ -121,6 +167,12 @@ class LTCDataModule(pl.LightningDataModule):
         graph_builder: structure -> graph; MEGNet's radius graph at 4 A by default.
         on_isolated: ``drop`` or ``raise`` for structures without a usable graph.
         on_bad_structure: ``skip`` or ``raise`` for unreadable structure files.
+        fidelities: fidelity names in encoding order (``[agl, ab-initio, measured]``): each sample's global state
+            then says the fidelity of its source (:func:`fidelity_state`). None: the graphs' own state.
+        holdout: grouped cross-validation, ``{folds, fold, seed}``: the crystals of fold ``fold`` (groups of near
+            twins, :mod:`paraisite.data.groups`, never split) leave training and validation, in every source, and
+            form ``test_set``. Folds balance the crystals of the last source first.
+        select_on: sources whose validation rows choose the best checkpoint (None: all).
     """
 
     def __init__(
@@ -136,6 +188,9 @@ class LTCDataModule(pl.LightningDataModule):
         graph_builder: GraphBuilder | None = None,
         on_isolated: str = "drop",
         on_bad_structure: str = "skip",
+        fidelities: Sequence[str] | None = None,
+        holdout: dict[str, int] | None = None,
+        select_on: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if target_stats not in TARGET_STATS_CHOICES:
@@ -153,8 +208,14 @@ class LTCDataModule(pl.LightningDataModule):
         self.graph_builder = graph_builder or MEGNetGraphBuilder()
         self.on_isolated = on_isolated
         self.on_bad_structure = on_bad_structure
+        self.fidelities = None if fidelities is None else [str(f) for f in fidelities]
+        self.holdout = None if holdout is None else _holdout_settings(holdout, self.sources)
+        self.select_on = None if select_on is None else [str(s) for s in select_on]
         self.train_set: GraphDataset | None = None
         self.val_set: GraphDataset | None = None
+        self.test_set: GraphDataset | None = None
+        #: Group of every crystal id (with ``holdout``; see :mod:`paraisite.data.groups`).
+        self.groups: dict[str, str] = {}
         self.target_stats: dict[str, float] | None = None
         self.source_stats: dict[str, dict[str, float]] = {}
         self.feature_provider: FeatureProvider | None = None
@@ -176,10 +237,14 @@ class LTCDataModule(pl.LightningDataModule):
         features: dict[str, torch.Tensor] | None = None if self.feature_provider is None else {}
         train: list[Sample] = []
         val: list[Sample] = []
+        test: list[Sample] = []
+        held_out = self._held_out_ids()
         for source in self.sources:
             graph_set = load_graph_set(source, self.graph_builder, self.on_isolated, self.on_bad_structure)
             graph_sets[source] = graph_set
-            indices = list(range(len(graph_set)))
+            test += [Sample(source, i, graph_set.ids[i], graph_set.formulas[i]) for i in range(len(graph_set))
+                     if graph_set.ids[i] in held_out]  # fmt: skip
+            indices = [i for i in range(len(graph_set)) if graph_set.ids[i] not in held_out]
             if self.max_per_source is not None and len(indices) > self.max_per_source:
                 generator = torch.Generator().manual_seed(self.seed)
                 indices = sorted(torch.randperm(len(indices), generator=generator)[: self.max_per_source].tolist())
@@ -197,8 +262,11 @@ class LTCDataModule(pl.LightningDataModule):
             train += samples(train_pos)
             val += samples(val_pos)
         self.source_stats = source_stats
-        self.train_set = GraphDataset(graph_sets, train, source_stats, features)
-        self.val_set = GraphDataset(graph_sets, val, source_stats, features)
+        fidelity = self._fidelity_of_sources()
+        self.train_set = GraphDataset(graph_sets, train, source_stats, features, fidelity)
+        self.val_set = GraphDataset(graph_sets, val, source_stats, features, fidelity, self.select_on)
+        if self.holdout is not None:
+            self.test_set = GraphDataset(graph_sets, test, source_stats, features, fidelity)
         if features is not None:
             self.feature_stats = feature_statistics(self.train_set.feature_rows())
         every = (
@@ -210,6 +278,39 @@ class LTCDataModule(pl.LightningDataModule):
             self.name, self.seed, len(train), len(val), self.target_stats["mean"], self.target_stats["std"],
             "the training split" if self.target_stats_mode == "train" else "the whole dataset",
         )  # fmt: skip
+
+    def _fidelity_of_sources(self) -> dict[str, int] | None:
+        if self.fidelities is None:
+            return None
+        from paraisite.data.sources import source_spec
+
+        levels = {}
+        for source in self.sources:
+            name = source_spec(source).fidelity
+            if name not in self.fidelities:
+                raise ValueError(f"source {source!r} has fidelity {name!r}, not in fidelities {self.fidelities}")
+            levels[source] = self.fidelities.index(name)
+        return levels
+
+    def _held_out_ids(self) -> set[str]:
+        """Ids of the crystals of the held-out fold (empty without ``holdout``)."""
+        if self.holdout is None:
+            return set()
+        from paraisite.data.groups import assign_folds, crystal_groups, source_families
+
+        folds, fold, over = self.holdout["folds"], self.holdout["fold"], self.holdout["over"]
+        families = {}
+        for source in over:
+            families.update(source_families(source))
+        groups = crystal_groups((key, formula, family) for key, (formula, family) in families.items())
+        balanced = source_families(over[-1])
+        assigned = assign_folds(groups, folds, self.holdout.get("seed", 0), dict.fromkeys(balanced, 1.0))
+        self.groups = groups
+        return {key for key, f in assigned.items() if f == fold}
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out fold's crystals, every source, in a fixed order."""
+        return self._loader(self.test_set, shuffle=False)
 
     def _loader(self, dataset: GraphDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
@@ -233,7 +334,11 @@ class LTCDataModule(pl.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """Sizes and statistics, for logs and metrics.json."""
-        extra = {} if self.feature_stats is None else {"feature_stats": self.feature_stats}
+        extra: dict[str, Any] = {} if self.feature_stats is None else {"feature_stats": self.feature_stats}
+        if self.holdout is not None:
+            extra = {**extra, "holdout": {**self.holdout, "test": len(self.test_set or [])}}
+        if self.fidelities is not None:
+            extra = {**extra, "fidelities": self.fidelities}
         return {
             **extra,
             "name": self.name,

@@ -36,6 +36,8 @@ class Backbone(nn.Module):
     graph_fields: ClassVar[tuple[str, ...]] = ()
     #: Whether :meth:`stack` computes several members of this class as one module.
     stackable: ClassVar[bool] = False
+    #: Whether ``forward`` reads the global state (``state_attr``): what a multi-fidelity dataset sets per fidelity.
+    reads_state: ClassVar[bool] = False
 
     def forward(self, graph: Any, lattice: torch.Tensor, state_attr: torch.Tensor) -> torch.Tensor:
         """Features ``[B, out_dim]`` of a batch (also for B = 1)."""

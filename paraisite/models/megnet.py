@@ -130,6 +130,7 @@ class MEGNetBackbone(Backbone):
 
     graph_fields = ("node_type", "frac_coords", "pbc_offset", "edge_index")
     stackable = True
+    reads_state = True
     #: Constructor arguments that define the architecture (what must match a published model).
     ARCH_ARGS = (
         "dim_node_embedding",

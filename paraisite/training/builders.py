@@ -164,6 +164,9 @@ def prepare_run(cfg: DictConfig) -> tuple[LTCDataModule, LTCRegressor, dict[str,
     if datamodule.target_stats is None:
         raise RuntimeError(f"{datamodule.name}: no target statistics after setup()")
     model = build_model(cfg, datamodule.target_stats, datamodule.feature_stats)
+    if datamodule.fidelities is not None and not type(model.backbone).reads_state:
+        name = type(model.backbone).__name__
+        raise ValueError(f"data.fidelities needs a backbone that reads the global state (MEGNet); {name} ignores it")
     initialised = init_weights(model, cfg)
     return datamodule, model, initialised
 

@@ -154,7 +154,7 @@ class EnsembleRegressor(pl.LightningModule):
         self.register_buffer("target_std", torch.stack([m.scaler.std for m in members]).unsqueeze(1))
         self.settings = members[0].hparams
         self.size = len(members)
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"train": [], "val": []}
         #: The last epoch's metrics per member and split, e.g. ``member_metrics["val"][m]["mape"]``.
         self.member_metrics: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
 
@@ -191,7 +191,8 @@ class EnsembleRegressor(pl.LightningModule):
         losses = ltc_loss(self.settings.loss, z_pred, tc, self.target_mean, self.target_std)
         self.log(f"{split}/loss", losses.mean(), batch_size=tc.shape[1], on_step=False, on_epoch=True)
         pred = decode_tc(z_pred.detach(), self.target_mean, self.target_std)
-        self._outputs[split].append((pred, tc.detach(), losses.detach() * tc.shape[1]))
+        selected = torch.stack([_select_mask(b[0], tc.shape[1]) for b in batches]).to(tc.device)
+        self._outputs[split].append((pred, tc.detach(), losses.detach() * tc.shape[1], selected))
         return losses.sum()
 
     def training_step(self, batch: Sequence[tuple], batch_idx: int) -> torch.Tensor:
@@ -206,12 +207,14 @@ class EnsembleRegressor(pl.LightningModule):
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        pred = torch.cat([p for p, _, _ in outputs], dim=1)
-        true = torch.cat([t for _, t, _ in outputs], dim=1)
-        loss = torch.stack([s for _, _, s in outputs]).sum(0) / true.shape[1]
+        pred = torch.cat([o[0] for o in outputs], dim=1)
+        true = torch.cat([o[1] for o in outputs], dim=1)
+        loss = torch.stack([o[2] for o in outputs]).sum(0) / true.shape[1]
+        selected = torch.cat([o[3] for o in outputs], dim=1) > 0.5
         metrics = []
         for m in range(self.size):
-            member = {"loss": float(loss[m]), **ltc_metrics(pred[m], true[m])}
+            rows = selected[m] if bool(selected[m].any()) else torch.ones_like(selected[m])
+            member = {"loss": float(loss[m]), **ltc_metrics(pred[m][rows], true[m][rows])}
             metrics.append(member)
             self.log(f"{split}/mape_member{m}", member["mape"], on_epoch=True)
         self.member_metrics[split] = metrics
@@ -232,6 +235,12 @@ class EnsembleRegressor(pl.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Step the schedule ``scheduler_steps_per_epoch`` times per epoch, as each member would."""
         step_schedule(scheduler, metric, self.settings.scheduler_steps_per_epoch)
+
+
+def _select_mask(graph: Any, count: int) -> torch.Tensor:
+    """Rows of a batch that choose the best checkpoint (``data.select_on``; all when the graphs do not say)."""
+    mask = getattr(graph, "select_mask", None)
+    return torch.ones(count) if mask is None else mask.reshape(-1).float()
 
 
 class MemberCheckpoint(Callback):

@@ -29,6 +29,7 @@ from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.applicability import APPLICABILITY_KEY, collect_reference
 from paraisite.evaluation.cross import evaluate_on
+from paraisite.evaluation.holdout import FIDELITIES_KEY, holdout_result
 from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY, distorted_sources, final_problem
 from paraisite.models.regressor import LTCRegressor, load_ltc_checkpoint
 from paraisite.record import RunRecord, write_run_record
@@ -126,13 +127,18 @@ def finish_run(
     if best_path:  # for prediction: applicability reference (training elements + latents), distorted label sources
         reference = collect_reference(best, datamodule.train_dataloader())
         distorted = distorted_sources(scaling, datamodule.source_stats, best.hparams.target_stats)
-        add_checkpoint_entries(best_path, {APPLICABILITY_KEY: reference.to_payload(), DISTORTED_SOURCES_KEY: distorted})
+        entries = {APPLICABILITY_KEY: reference.to_payload(), DISTORTED_SOURCES_KEY: distorted}
+        if datamodule.fidelities is not None:
+            entries[FIDELITIES_KEY] = list(datamodule.fidelities)
+        add_checkpoint_entries(best_path, entries)
     result["best_checkpoint"] = str(best_path) if best_path else None
     result["best"] = evaluate_on(best, datamodule, scaling)
     result["cross"] = {}
     for name in cfg.get("cross_eval") or []:
         other = build_datamodule(cfg, name)
         result["cross"][other.name] = evaluate_on(best, other, scaling)
+    if datamodule.holdout is not None:
+        result["holdout"] = holdout_result(best, datamodule, output_dir)
     result["seconds"] = round(time.perf_counter() - start, 1)
     problem = final_problem(result.get("final") or {})
     if problem:

@@ -123,21 +123,28 @@ def test_real_folds_keep_every_group_and_every_crystal_on_one_side():
     assert test_ids == set(families)
 
 
-def test_a_tiny_multifidelity_run_scores_its_held_out_fold_per_fidelity(tmp_path):
-    """A real run on data=mf (two of its sources), fold 1 of 5 held out: the record and the CSV say per fidelity."""
+@pytest.fixture(scope="module")
+def tiny_mf_run(tmp_path_factory):
+    """A real run on data=mf (two of its sources), fold 1 of 5 held out; its directory and result."""
+    from helpers import FAST, compose_train
+
+    from paraisite.training.train import train
+
+    run_dir = tmp_path_factory.mktemp("mf-run")
+    overrides = ["data=mf", "data.sources=[dataset1,measured]", "+data.holdout={folds:5,fold:1}"]
+    cfg = compose_train(run_dir, *overrides, "model/backbone=megnet_scratch", "max_per_source=30", *FAST)
+    return run_dir, train(cfg)
+
+
+def test_a_tiny_multifidelity_run_scores_its_held_out_fold_per_fidelity(tiny_mf_run):
     import csv
     import json
 
-    from helpers import FAST, compose_train
-
     from paraisite.checkpoints import load_checkpoint
     from paraisite.evaluation.holdout import FIDELITIES_KEY
-    from paraisite.training.train import train
 
-    overrides = ["data=mf", "data.sources=[dataset1,measured]", "+data.holdout={folds:5,fold:1}"]
-    cfg = compose_train(tmp_path, *overrides, "model/backbone=megnet_scratch", "max_per_source=30", *FAST)
-    result = train(cfg)
-    record = json.loads((tmp_path / "metrics.json").read_text())
+    run_dir, result = tiny_mf_run
+    record = json.loads((run_dir / "metrics.json").read_text())
     assert record["holdout"]["fold"] == 1
     assert set(record["holdout"]["scores"]) == {"ab-initio", "measured"}
     held = record["holdout"]["scores"]
@@ -145,13 +152,45 @@ def test_a_tiny_multifidelity_run_scores_its_held_out_fold_per_fidelity(tmp_path
     for figures in held.values():
         assert 0 <= figures["within_x2"] <= 1
         assert figures["mae_log10"] > 0
-    with open(tmp_path / "holdout_predictions.csv", newline="") as stream:
+    with open(run_dir / "holdout_predictions.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0])[-3:] == ["pred_agl", "pred_ab-initio", "pred_measured"]
     assert {r["fidelity"] for r in rows} == {"ab-initio", "measured"}
     assert len({(r["pred_agl"], r["pred_measured"]) for r in rows}) == len(rows)
     checkpoint = load_checkpoint(result["best_checkpoint"])
     assert checkpoint[FIDELITIES_KEY] == FIDELITIES
+
+
+def test_predict_fidelity_picks_the_output_and_defaults_to_measured(tiny_mf_run, tmp_path):
+    from helpers import read_rows
+
+    from paraisite.cli.main import main
+
+    run_dir, _ = tiny_mf_run
+    paths = []
+    for name, (a, b, size) in {"PbTe": ("Pb", "Te", 6.46), "MgO": ("Mg", "O", 4.21)}.items():
+        paths.append(str(tmp_path / f"{name}.cif"))
+        rocksalt(a, b, size).to(filename=paths[-1])
+    values = {}
+    for fidelity in (None, "measured", "ab-initio", "agl"):
+        output = tmp_path / f"{fidelity}.csv"
+        extra = [] if fidelity is None else ["--fidelity", fidelity]
+        assert main(["predict", "--model", str(run_dir), *paths, "-o", str(output), "--workers", "0", *extra]) == 0
+        values[fidelity] = [float(row["tc_W_per_mK"]) for row in read_rows(output)]
+    assert values[None] == values["measured"]
+    assert len({tuple(v) for v in values.values()}) == 3  # measured, ab-initio and agl all differ
+
+
+def test_predict_fidelity_is_refused_for_a_single_fidelity_model(tmp_path):
+    from helpers import tiny_ltc_run
+
+    from paraisite.cli.main import main
+
+    tiny_ltc_run(tmp_path / "run")
+    rocksalt("Pb", "Te", 6.46).to(filename=str(tmp_path / "PbTe.cif"))
+    command = ["predict", "--model", str(tmp_path / "run"), str(tmp_path / "PbTe.cif"), "-o", str(tmp_path / "x.csv")]
+    assert main([*command, "--fidelity", "agl"]) != 0
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_fidelities_with_a_backbone_that_ignores_the_state_are_refused(tmp_path):

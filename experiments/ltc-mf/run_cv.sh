@@ -3,7 +3,8 @@
 # (step2 on AFLOW -> step4_abinitio -> step4) on the same folds, at about equal compute.
 # Usage: experiments/ltc-mf/run_cv.sh LOG_DIR [FOLDS...]   (resumable: completed jobs are skipped)
 # Settings (environment): SEEDS (default [1,2,3]), EPOCHS (50), AFLOW_MAX (1000: AFLOW subsampled per fold),
-# CV_SEED (0), EXTRA (more overrides, e.g. "trainer.limit_train_batches=2").
+# CV_SEED (0), STAGES ("mf chain": the multi-fidelity model, then the chain; each over all FOLDS before the next),
+# EXTRA (more overrides, e.g. "trainer.limit_train_batches=2").
 set -euo pipefail
 LOG_DIR=${1:?usage: run_cv.sh LOG_DIR [FOLDS...]}
 shift
@@ -13,16 +14,22 @@ EPOCHS=${EPOCHS:-50}
 AFLOW_MAX=${AFLOW_MAX:-1000}
 CV_SEED=${CV_SEED:-0}
 EXTRA=${EXTRA:-}
-for fold in $FOLDS; do
-  common=(-m "paths.log_dir=$LOG_DIR" "group=fold$fold" "seeds=$SEEDS" threads=1 hydra/launcher=basic logger=csv
-    callbacks.progress_bar=null "cross_eval=[]" "max_per_source=$AFLOW_MAX" "trainer.max_epochs=$EPOCHS"
-    "+data.holdout={folds:5,fold:$fold,seed:$CV_SEED,over:[aflow,dataset1,dataset2,measured]}")
-  # shellcheck disable=SC2086
-  paraisite-train "${common[@]}" experiment=mf $EXTRA
-  # shellcheck disable=SC2086
-  paraisite-train "${common[@]}" experiment=step2 data=aflow $EXTRA
-  # shellcheck disable=SC2086
-  paraisite-train "${common[@]}" experiment=step4_abinitio $EXTRA
-  # shellcheck disable=SC2086
-  paraisite-train "${common[@]}" experiment=step4 $EXTRA
+STAGES=${STAGES:-mf chain}
+for stage in $STAGES; do
+  for fold in $FOLDS; do
+    common=(-m "paths.log_dir=$LOG_DIR" "group=fold$fold" "seeds=$SEEDS" threads=1 hydra/launcher=basic logger=csv
+      callbacks.progress_bar=null "cross_eval=[]" "max_per_source=$AFLOW_MAX" "trainer.max_epochs=$EPOCHS"
+      "+data.holdout={folds:5,fold:$fold,seed:$CV_SEED,over:[aflow,dataset1,dataset2,measured]}")
+    if [ "$stage" = mf ]; then
+      # shellcheck disable=SC2086
+      paraisite-train "${common[@]}" experiment=mf $EXTRA
+    else
+      # shellcheck disable=SC2086
+      paraisite-train "${common[@]}" experiment=step2 data=aflow $EXTRA
+      # shellcheck disable=SC2086
+      paraisite-train "${common[@]}" experiment=step4_abinitio $EXTRA
+      # shellcheck disable=SC2086
+      paraisite-train "${common[@]}" experiment=step4 $EXTRA
+    fi
+  done
 done

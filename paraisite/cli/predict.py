@@ -66,6 +66,13 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="structure files (any pymatgen format) or folders")
     parser.add_argument("-o", "--output", default=default_output, help=f"CSV to write (default {default_output})")
     parser.add_argument(
+        "--fidelity",
+        choices=("measured", "ab-initio", "agl"),
+        default=None,
+        help="what a multi-fidelity LTC model predicts: a measured value (default), an ab-initio (phonon BTE) value, "
+        "or AFLOW's AGL estimate; refused for other models",
+    )
+    parser.add_argument(
         "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="structures per model call"
     )
     parser.add_argument(
@@ -117,6 +124,13 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
 
     console = Console(stderr=True)
     predictor = load_predictor(args.model)
+    if args.fidelity is not None:
+        use_fidelity = getattr(predictor, "use_fidelity", None)
+        if use_fidelity is None:
+            raise ValueError(f"--fidelity applies to multi-fidelity LTC models, not {predictor.name}")
+        use_fidelity(args.fidelity)
+    if getattr(predictor, "fidelity", None) is not None:
+        console.print(f"{predictor.name}: predicting the {predictor.fidelity} fidelity")  # type: ignore[attr-defined]
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -19,10 +19,10 @@ from scipy.stats import spearmanr
 
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.cross import TCModel, predict_loader
+from paraisite.evaluation.metrics import FIDELITIES_KEY
 from paraisite.safety import atomic_write
 
-#: Checkpoint entry: the fidelity names of a multi-fidelity model, in encoding order.
-FIDELITIES_KEY = "paraisite_fidelities"
+__all__ = ["FIDELITIES_KEY", "fidelity_scores", "holdout_result", "predict_holdout", "score_rows"]
 
 
 def fidelity_scores(pred_tc: Sequence[float], true_tc: Sequence[float]) -> dict[str, float]:

@@ -39,6 +39,11 @@ def reference_tc(
     return decode_tc((torch.log10(tc + 1.0) - mean) / std, model_mean, model_std)
 
 
+#: Checkpoint entry: the fidelity names of a multi-fidelity model, in encoding order (``data.fidelities``).
+FIDELITIES_KEY = "paraisite_fidelities"
+#: Fidelity a multi-fidelity model predicts unless told otherwise.
+DEFAULT_FIDELITY = "measured"
+
 #: Checkpoint entry: the training sources whose labels :func:`reference_tc` distorted (protocol=paper), by name.
 DISTORTED_SOURCES_KEY = "paraisite_distorted_label_sources"
 

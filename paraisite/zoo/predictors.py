@@ -25,7 +25,7 @@ from torch import nn
 
 from paraisite.checkpoints import CheckpointTrustError, resolve_run_checkpoint
 from paraisite.evaluation.applicability import ApplicabilityReference, applicability_from_checkpoint
-from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY
+from paraisite.evaluation.metrics import DEFAULT_FIDELITY, DISTORTED_SOURCES_KEY, FIDELITIES_KEY
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
@@ -144,12 +144,23 @@ class LTCPredictor(Predictor):
         ensemble: bool,
         calibration: Calibration | None = None,
         distorted: Sequence[list[str] | None] | None = None,
+        fidelities: Sequence[list[str] | None] | None = None,
     ) -> None:
         """Members share one graph-builder config (refused otherwise); ``references`` align with ``models``.
 
         ``distorted``: per member, the training sources whose labels its checkpoint records as distorted
         (:func:`~paraisite.evaluation.metrics.distorted_sources`), ``None`` where it does not say.
+        ``fidelities``: per member, the fidelity names of a multi-fidelity model (all members the same), else None.
         """
+        known = {tuple(f) if f else None for f in (fidelities or [None])}
+        if len(known) != 1:
+            raise ValueError(f"{name}: ensemble members know different fidelities: {sorted(map(str, known))}")
+        levels = known.pop()
+        #: Fidelity names of a multi-fidelity model (None: one fidelity), and the one predicted (:meth:`use_fidelity`).
+        self.fidelities: list[str] | None = list(levels) if levels else None
+        self.fidelity: str | None = None
+        if self.fidelities is not None:
+            self.use_fidelity(DEFAULT_FIDELITY if DEFAULT_FIDELITY in self.fidelities else self.fidelities[-1])
         graphs = [model.hparams.graph for model in models]
         if any(graph != graphs[0] for graph in graphs):
             raise ValueError(f"{name}: ensemble members use different graph settings: {graphs}")
@@ -170,6 +181,14 @@ class LTCPredictor(Predictor):
         else:
             self.training_elements = frozenset().union(*(ref.elements for ref in self.references))
 
+    def use_fidelity(self, name: str) -> None:
+        """Predict at fidelity ``name`` (a multi-fidelity model); refused for names it does not know."""
+        if self.fidelities is None:
+            raise ValueError(f"{self.name} is a single-fidelity model: --fidelity applies to multi-fidelity models")
+        if name not in self.fidelities:
+            raise ValueError(f"{self.name} knows the fidelities {', '.join(self.fidelities)}, not {name!r}")
+        self.fidelity = name
+
     def graph_builder(self) -> Callable[[Structure, str], Any]:
         """The members' graph builder (from their checkpoints' graph config)."""
         return self.builder.build
@@ -182,6 +201,10 @@ class LTCPredictor(Predictor):
         from paraisite.data.graphs import collate_item
 
         graph, lattice, state_attr, _ = collate_fn_graph([collate_item(stored) for stored in graphs])
+        if self.fidelities is not None and self.fidelity is not None:
+            from paraisite.data.datamodule import fidelity_state
+
+            state_attr = fidelity_state(self.fidelities.index(self.fidelity), state_attr)
         member_tc, member_latents = [], []
         for model in self.models:
             with captured_outputs(model.backbone) as latents:
@@ -260,13 +283,15 @@ def load_checkpoints(
     """
     from paraisite.models.regressor import load_ltc_checkpoint  # Lightning: only for LTC models, not for CGCNN
 
-    models, references, distorted = [], [], []
+    models, references, distorted, fidelities = [], [], [], []
     for index, path in enumerate(paths):
         model, checkpoint = load_ltc_checkpoint(path, expected_sha256=None if sha256s is None else sha256s[index])
         models.append(model)
         references.append(applicability_from_checkpoint(checkpoint, path))
         distorted.append(recorded_distorted_sources(checkpoint, path))
-    return LTCPredictor(name, models, references, ensemble, calibration, distorted)
+        recorded = checkpoint.get(FIDELITIES_KEY)
+        fidelities.append([str(f) for f in recorded] if isinstance(recorded, list) else None)
+    return LTCPredictor(name, models, references, ensemble, calibration, distorted, fidelities)
 
 
 def recorded_distorted_sources(checkpoint: dict[str, Any], source: str | os.PathLike) -> list[str] | None:

@@ -1,5 +1,7 @@
-"""Out-of-family tables of the grouped cross-validation (run_cv.sh): the multi-fidelity model, the Step IV chain and
-the shipped Step II ensembles on the same held-out groups, per fidelity; interval calibration and domain signals.
+"""Out-of-family tables of the grouped cross-validation (run_cv.sh), per fidelity.
+
+The multi-fidelity model, the Step IV chain and the shipped Step II ensembles on the same held-out groups; interval
+calibration and domain signals.
 
 Usage: python experiments/ltc-mf/build_tables.py LOG_DIR --out experiments/ltc-mf/cv-quick [--shipped]
 """
@@ -17,14 +19,19 @@ import numpy as np
 from paraisite.data.sources import load_source
 from paraisite.evaluation import intervals
 from paraisite.evaluation.holdout import ensemble_rows, fidelity_scores, read_rows
+from paraisite.evaluation.uncertainty import spearman
 
 #: Model -> the (task, dataset) stage that scores each fidelity (the chain's stages each score their own).
 MODELS = {
     "MF (one model)": {"agl": ("mf", "MF"), "ab-initio": ("mf", "MF"), "measured": ("mf", "MF")},
-    "Step IV chain": {"agl": ("step2", "AFLOW"), "ab-initio": ("step4_abinitio", "MIX"), "measured": ("step4", "Measured")},
+    "Step IV chain": {
+        "agl": ("step2", "AFLOW"),
+        "ab-initio": ("step4_abinitio", "MIX"),
+        "measured": ("step4", "Measured"),
+    },
 }
 SHIPPED = ("ltc-step2-mix", "ltc-step2-dataset1", "ltc-step2-dataset2", "ltc-step2-aflow")
-METRICS = ("count", "mae_log10", "within_x2", "spearman", "mean_signed_log10", "constant_mae_log10", "constant_within_x2")
+METRICS = ("mae_log10", "within_x2", "spearman", "mean_signed_log10", "constant_mae_log10", "constant_within_x2")
 
 
 def member_dirs(log_dir: Path, fold: str, task: str, dataset: str) -> list[Path]:
@@ -48,6 +55,7 @@ def stage_rows(log_dir: Path, task: str, dataset: str) -> tuple[list[dict], dict
 
 
 def scores_of(rows: list[dict], fidelity: str, column: str | None = None) -> dict[str, float]:
+    """Scores of the rows of one fidelity, each predicted at that fidelity (or in ``column``)."""
     picked = [r for r in rows if r["fidelity"] == fidelity]
     column = column or f"pred_{fidelity}"
     return fidelity_scores([r[column] for r in picked], [r["tc_true"] for r in picked])
@@ -68,8 +76,8 @@ def model_tables(log_dir: Path) -> tuple[dict, dict]:
             members = [scores_of(rows, fidelity) for rows in per_seed.values()]
             entry["members"] = {
                 k: {"mean": float(np.mean([m[k] for m in members])), "std": float(np.std([m[k] for m in members]))}
-                for k in METRICS if k != "count"
-            }  # fmt: skip
+                for k in METRICS
+            }
             tables[model][fidelity] = entry
             if model.startswith("MF") and fidelity == "measured":
                 mf_rows = pooled
@@ -89,7 +97,8 @@ def shipped_scores(rows: list[dict]) -> dict:
         predictor = load_predictor(name)
         build = predictor.graph_builder()
         graphs = [build(structures[r["id"]], r["id"]) for r in picked]
-        tc = np.concatenate([predictor.predict(graphs[i : i + 64]).member_tc for i in range(0, len(graphs), 64)], axis=1)
+        batches = [predictor.predict(graphs[i : i + 64]).member_tc for i in range(0, len(graphs), 64)]
+        tc = np.concatenate(batches, axis=1)
         centre = 10 ** np.log10(np.clip(tc, 1e-6, None)).mean(axis=0)
         result[name] = fidelity_scores(centre, [r["tc_true"] for r in picked])
     return result
@@ -101,18 +110,17 @@ def unseen_elements(rows: list[dict]) -> np.ndarray:
     held = defaultdict(set)
     for r in rows:
         held[r["fold"]].add(r["id"])
-    composition = {rec.id: {str(e) for e in rec.structure.composition.elements} for recs in sources.values() for rec in recs}
-    flags = []
+    composition = {
+        rec.id: {str(e) for e in rec.structure.composition.elements} for recs in sources.values() for rec in recs
+    }
     trained_elements = {}
     for fold, ids in held.items():
         trained_elements[fold] = set().union(*(els for i, els in composition.items() if i not in ids))
-    for r in rows:
-        flags.append(bool(composition[r["id"]] - trained_elements[r["fold"]]))
-    return np.array(flags)
+    return np.array([bool(composition[r["id"]] - trained_elements[r["fold"]]) for r in rows])
 
 
 def calibration_and_domain(rows: list[dict]) -> dict:
-    """Interval calibration (floors tried, cross-fitted by fold) and candidate domain signals on the MF measured rows."""
+    """Interval calibration (floors tried, cross-fitted by fold) and domain signals on the MF measured rows."""
     rows = [r for r in rows if r["fidelity"] == "measured"]
     true = np.log10([r["tc_true"] for r in rows])
     centre = np.log10([r["pred_measured"] for r in rows])
@@ -138,7 +146,7 @@ def calibration_and_domain(rows: list[dict]) -> dict:
             "mae_in": float(inside.mean()) if len(inside) else math.nan,
             "mae_out": float(outside.mean()) if len(outside) else math.nan,
             "ratio": float(outside.mean() / inside.mean()) if len(inside) and len(outside) else math.nan,
-            "spearman_with_error": float(np.corrcoef(np.argsort(np.argsort(value)), np.argsort(np.argsort(error)))[0, 1]),
+            "spearman_with_error": spearman(value, error),
         }
     return {
         "rows": len(rows),
@@ -150,8 +158,9 @@ def calibration_and_domain(rows: list[dict]) -> dict:
 
 
 def markdown(tables: dict, shipped: dict, analysis: dict) -> str:
-    lines = ["| model | fidelity | folds | n | MAE log10 | within x2 | Spearman | mean signed | members MAE (std) | constant MAE |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The tables as Markdown."""
+    header = "| model | fidelity | folds | n | MAE log10 | within x2 | Spearman | mean signed | members MAE (std) |"
+    lines = [header + " constant MAE |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model, by_fidelity in tables.items():
         for fidelity, entry in by_fidelity.items():
             e, m = entry["ensemble"], entry["members"]
@@ -166,20 +175,24 @@ def markdown(tables: dict, shipped: dict, analysis: dict) -> str:
             f"{e['spearman']:.2f} | {e['mean_signed_log10']:+.3f} | | {e['constant_mae_log10']:.3f} |"
         )
     if analysis.get("rows"):
-        lines += ["", "Intervals (MF, measured rows; each fold calibrated on the others):", "",
-                  "| floor | 68 % coverage | 95 % coverage | 95 % width (dex) |", "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "Intervals (MF, measured rows; each fold calibrated on the others):", ""]
+        lines += ["| floor | 68 % coverage | 95 % coverage | 95 % width (dex) |", "|---|---|---|---|"]
         for floor, x in analysis["floors"].items():
             mark = " (chosen)" if float(floor) == analysis["chosen_floor"] else ""
             lines.append(f"| {floor}{mark} | {x['coverage_68']:.0%} | {x['coverage_95']:.0%} | {x['width_95']:.2f} |")
-        lines += ["", "Domain signals (MF, measured rows; out = above the other folds' 80th percentile):", "",
-                  "| signal | flagged out | MAE in | MAE out | ratio | Spearman with error |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "Domain signals (MF, measured rows; out = above the other folds' 80th percentile):", ""]
+        lines += [
+            "| signal | flagged out | MAE in | MAE out | ratio | Spearman with error |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, x in analysis["domain"].items():
-            lines.append(f"| {name} | {x['flagged_out']} | {x['mae_in']:.3f} | {x['mae_out']:.3f} | {x['ratio']:.2f} | "
-                         f"{x['spearman_with_error']:.2f} |")  # fmt: skip
+            figures = f"{x['mae_in']:.3f} | {x['mae_out']:.3f} | {x['ratio']:.2f} | {x['spearman_with_error']:.2f}"
+            lines.append(f"| {name} | {x['flagged_out']} | {figures} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    """Build the tables from LOG_DIR into --out."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("log_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="folder for tables.json and tables.md")

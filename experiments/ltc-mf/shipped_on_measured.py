@@ -26,9 +26,8 @@ def main(output: str) -> None:
     true = np.array([r.tc for r in records])
     on_dataset1 = np.array([r.formula in dataset1 for r in records])
     result = {}
-    print(
-        "| model | crystals | MAE log10 | within x2 | Spearman | mean signed | constant MAE |\n|---|---|---|---|---|---|---|"
-    )
+    print("| model | crystals | MAE log10 | within x2 | Spearman | mean signed | constant MAE |")
+    print("|---|---|---|---|---|---|---|")
     for name in SHIPPED:
         predictor = load_predictor(name)
         build = predictor.graph_builder()

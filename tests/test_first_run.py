@@ -103,6 +103,7 @@ def test_a_failed_training_run_prints_one_message_and_exits_1(tmp_path):
 
 
 def test_lightning_tips_and_known_deprecations_are_filtered(tmp_path, caplog):
+    import matgl  # noqa: F401  (imports the unified `lightning` package, whose logger then prints the tips)
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils._pytree import LeafSpec
@@ -122,7 +123,7 @@ def test_lightning_tips_and_known_deprecations_are_filtered(tmp_path, caplog):
         LeafSpec()
         assert caught == []
     assert tips() == []
-    unrelated = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    unrelated = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO):
         unrelated.info("GPU available: False")
     assert "GPU available: False" in caplog.text  # only the tips are dropped

@@ -10,8 +10,14 @@ from __future__ import annotations
 import logging
 import warnings
 
-#: Loggers through which Lightning prints its ``rank_zero_info`` lines.
-LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+#: Loggers through which Lightning prints its ``rank_zero_info`` lines: the last of ``pytorch_lightning``,
+#: ``lightning_fabric`` and the unified ``lightning`` package imported decides (matgl imports ``lightning``).
+LIGHTNING_INFO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
 #: The prefix of Lightning's advertising tips (litlogger, litmodels).
 TIP_PREFIX = "💡 Tip:"
 #: (message regex, category) of warnings raised inside the libraries about their own use of other libraries.

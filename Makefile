@@ -18,7 +18,7 @@ TRAINER ?= $(if $(HAS_GPU),gpu,cpu)
 SWEEP := trainer=$(TRAINER) profile=$(PROFILE) group=$(GROUP) paths.log_dir=$(LOG_DIR) hydra/launcher=$(LAUNCHER) logger=csv \
 	callbacks.progress_bar=null
 
-.PHONY: help install check train test test-fast lint format reproduce status table zoo benchmark clean
+.PHONY: help install check train test test-fast lint format reproduce status table zoo benchmark benchmark-defaults docs clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -30,16 +30,17 @@ $(BIN)/python:
 
 # The editable install is redone only when pyproject.toml changed (or the venv was created): a stamp file.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,docs]"
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install paraisite with its dev tools (again only if pyproject.toml changed)
+install: $(VENV)/.installed ## Create .venv and install paraisite with its dev and docs tools (again only if pyproject.toml changed)
 
-check: install ## Fast static checks (CI runs them before the tests): ruff, format, mypy, import layers
+check: install ## Fast static checks (CI runs them before the tests): ruff, format, mypy, import layers, file sizes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python .ci/check_file_sizes.py
 
 train: install ## Run the default training job (Dataset2, pretrained MEGNet, CPU)
 	$(BIN)/paraisite-train
@@ -67,7 +68,7 @@ reproduce: install ## The paper's table: Steps I+II on 4 datasets, then Step III
 status: install ## Which runs of a sweep are done, failed, running, interrupted or pending: make status GROUP=...
 	$(BIN)/paraisite status $(LOG_DIR)/$(GROUP)
 
-table: install ## Rebuild the table of a sweep: make table GROUP=reproduce-quick
+table: install ## Rebuild the table of a sweep into $(LOG_DIR)/$(GROUP)-table: make table GROUP=reproduce-quick
 	$(BIN)/paraisite table $(LOG_DIR)/$(GROUP)
 
 # Step III members saw AFLOW in Step II: only the other ab-initio dataset is held out from them (MIX: none).
@@ -88,5 +89,11 @@ benchmark: install ## Training/prediction throughput figures -> benchmarks/resul
 	$(BIN)/python benchmarks/cgcnn_featurize.py --out benchmarks/results/cgcnn_featurize.json
 	$(BIN)/python benchmarks/cif_reading.py --out benchmarks/results/cif_reading.json
 
+docs: install ## Build the documentation site into site/ (strict: a broken link or reference fails)
+	$(BIN)/mkdocs build --strict
+
+benchmark-defaults: install ## Thread/worker defaults idle and beside a busy process (~15-30 min) -> experiments/busy-defaults/
+	$(BIN)/python benchmarks/busy_defaults.py
+
 clean: ## Remove caches of the tools (not the data cache)
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache site

@@ -17,7 +17,7 @@ import pytest
 from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
-from paraisite.zoo.files import OutputError, output_lock, ranked_path
+from paraisite.zoo.files import OutputError, output_lock, scan_log_path
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import run_predictions, scan
 from tests.helpers import read_rows
@@ -64,6 +64,7 @@ def test_second_scan_on_the_same_output_is_refused_while_the_first_writes(tmp_pa
     assert second.returncode == 1
     assert f"another paraisite scan (pid {first.pid}) is writing this file" in second_err
     assert first.returncode == 0, first_err
+    assert not lock.exists()  # the holder removed it on exit
     rows = read_rows(output)
     assert sorted(row["path"] for row in rows) == sorted(str(path) for path in folder.iterdir())  # once each
     assert all(row["error"] == "" and float(row["formation_energy_eV_per_atom"]) < 10 for row in rows)
@@ -79,8 +80,12 @@ def test_lock_is_exclusive_within_one_machine(tmp_path):
     output = tmp_path / "out.csv"
     with output_lock(output), pytest.raises(OutputError, match=f"pid {os.getpid()}"), output_lock(output):
         pass
-    with output_lock(output):  # released
-        pass
+    with output_lock(output) as lock:  # released
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()  # removed on exit
+    with pytest.raises(RuntimeError, match="boom"), output_lock(output):
+        raise RuntimeError("boom")
+    assert not lock.exists()  # also after a failure
 
 
 def test_scan_refuses_an_unrelated_file_without_touching_it(tmp_path, sample_cifs, predictor):
@@ -90,7 +95,7 @@ def test_scan_refuses_an_unrelated_file_without_touching_it(tmp_path, sample_cif
     with pytest.raises(OutputError, match="it was not modified"):
         scan(predictor, [str(sample_cifs[0])], output)
     assert output.read_bytes() == original
-    assert not ranked_path(output).exists()
+    assert not scan_log_path(output).exists()
 
 
 @pytest.mark.parametrize("command", ["predict", "scan"])
@@ -103,11 +108,11 @@ def test_output_equal_to_an_input_is_refused(tmp_path, sample_cifs, command, cap
     assert target.read_bytes() == original
 
 
-def test_scan_ranking_equal_to_an_input_is_refused(tmp_path, sample_cifs, capsys):
-    ranking = tmp_path / "out.ranked.csv"
-    shutil.copy(sample_cifs[0], ranking)
-    assert main(["scan", "--model", MODEL, str(ranking), "-o", str(tmp_path / "out.csv")]) == 1
-    assert "the ranking of -o" in capsys.readouterr().err
+def test_scan_progress_log_equal_to_an_input_is_refused(tmp_path, sample_cifs, capsys):
+    log = tmp_path / "out.progress.csv"
+    shutil.copy(sample_cifs[0], log)
+    assert main(["scan", "--model", MODEL, str(log), "-o", str(tmp_path / "out.csv")]) == 1
+    assert "the progress log of -o" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
 
 

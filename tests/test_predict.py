@@ -20,7 +20,7 @@ from paraisite.evaluation.cross import predict_loader
 from paraisite.models.cgcnn import load_cgcnn_pretrained
 from paraisite.models.regressor import LTCRegressor
 from paraisite.training.builders import build_datamodule
-from paraisite.zoo.files import ranked_path, structure_paths
+from paraisite.zoo.files import scan_log_path, structure_paths
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.scan import run_predictions, scan
 from tests.helpers import assert_same_rows, predict_with_cli, read_rows, tiny_ltc_run, write_validation_poscars
@@ -108,7 +108,7 @@ def test_ltc_checkpoint_predicts_its_validation_predictions(tmp_path, ltc_run):
     rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")
     predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
     np.testing.assert_allclose(predicted, expected, rtol=1e-5)
-    assert "tc_mean_W_per_mK" not in rows[0]
+    assert "tc_std_W_per_mK" not in rows[0]  # one model: no members, no spread
 
 
 def test_applicability_flags_unseen_elements_and_gives_percentiles(tmp_path, ltc_run):
@@ -149,21 +149,25 @@ def test_scan_appends_resumes_and_ranks(tmp_path, sample_cifs, formation_energy)
     (folder / "broken.cif").write_text("garbage\n")
     paths = structure_paths([folder])
     output = tmp_path / "scan.csv"
+    log = tmp_path / "scan.progress.csv"  # the rows as they are predicted; -o gets the ranking
 
     first = scan(formation_energy, paths, output, batch_size=4)
     assert (first.already_done, first.predicted, first.failed) == (0, 10, 1)
-    complete = read_rows(output)
-    lines = output.read_text().splitlines(keepends=True)
-    output.write_text("".join(lines[:5]) + lines[5][:20])  # 4 finished rows, then a row cut off mid-write
+    assert (first.output, first.ranked, scan_log_path(output)) == (log, output, log)
+    assert not Path(f"{output}.lock").exists()  # removed on exit
+    complete = read_rows(log)
+    assert [row["path"] for row in complete] == paths  # input order
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:5]) + lines[5][:20])  # 4 finished rows, then a row cut off mid-write
 
     second = scan(formation_energy, paths, output, batch_size=4)
     assert (second.already_done, second.predicted + second.failed) == (4, len(paths) - 4)
-    rows = read_rows(output)
+    rows = read_rows(log)
     assert sorted(row["path"] for row in rows) == sorted(paths)  # each path exactly once
     assert sorted(rows, key=lambda row: row["path"]) == sorted(complete, key=lambda row: row["path"])
 
-    ranked = read_rows(second.ranked)
-    assert second.ranked == ranked_path(output) == tmp_path / "scan.ranked.csv"
+    ranked = read_rows(output)
+    assert second.ranked == output
     energies = [float(row["formation_energy_eV_per_atom"]) for row in ranked[:-1]]
     assert energies == sorted(energies)
     assert [row["rank"] for row in ranked] == [*map(str, range(1, 11)), ""]

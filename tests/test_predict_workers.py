@@ -18,7 +18,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from paraisite.cli.main import main
-from paraisite.zoo.files import ranked_path
+from paraisite.zoo.files import scan_log_path
 from tests.helpers import assert_same_rows, read_rows, tiny_ltc_run
 
 TIMEOUT_S = 180
@@ -66,12 +66,12 @@ def test_large_cell_with_two_workers_finishes_and_equals_one_process(tmp_path, r
     single = tmp_path / "single.csv"  # the same batches: batching changes the float order of the latents
     one_process = ["-o", str(single), "--workers", "0", "--batch-size", "1"]
     assert main([command, "--model", str(run_dir), *large_and_small, *one_process]) == 0
-    rows = read_rows(pooled)
+    rows = read_rows(scan_log_path(pooled) if command == "scan" else pooled)  # scan: -o is the ranking
     assert [row["path"] for row in rows] == large_and_small
     assert [row["n_atoms"] for row in rows] == ["216", "8"]
-    assert_same_rows(rows, read_rows(single))
+    assert_same_rows(rows, read_rows(scan_log_path(single) if command == "scan" else single))
     if command == "scan":
-        assert ranked_path(pooled).is_file()
+        assert sorted(row["path"] for row in read_rows(pooled)) == sorted(large_and_small)
 
 
 def test_cli_starts_the_workers_before_importing_torch():

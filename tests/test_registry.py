@@ -107,4 +107,7 @@ def test_cli_fetch_and_list(tmp_path: Path, mirror_dir: Path, capsys):
 def test_cli_fetch_error_is_one_clear_line(tmp_path: Path, capsys):
     code = cli(["data", "--cache", str(tmp_path / "c"), "--mirror", str(tmp_path / "none"), "fetch", "dataset1"])
     assert code == 1
-    assert "not found at https://raw.githubusercontent.com/liudakl/ParAIsite/" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not in the mirror: no file" in err
+    assert "for https://raw.githubusercontent.com/liudakl/ParAIsite/" in err
+    assert "Set PARAISITE_MIRROR to a folder laid out as" in err

@@ -151,7 +151,7 @@ def test_completed_single_run_is_skipped_and_a_changed_config_is_not(tmp_path):
 
 def test_run_directory_means_the_checkpoint_its_record_names(tmp_path):
     run_dir = tmp_path / "sweep" / "step1" / "Dataset1" / "seed1"
-    tiny_ltc_run(run_dir)
+    tiny_ltc_run(run_dir, "task_name=step1")  # its record says what its folder says (status groups by the record)
     named = Path(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]).name
     assert resolve_run_checkpoint(run_dir) == run_dir / "checkpoints" / named
     moved = tmp_path / "moved"

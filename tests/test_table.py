@@ -150,12 +150,22 @@ def test_outputs_are_written(sweep: Path, tmp_path: Path):
 
 
 def test_cli_writes_files_and_exit_codes(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    before = sorted(path for path in sweep.rglob("*"))
     assert cli(["table", str(sweep)]) == 0
     printed = capsys.readouterr()
     assert "## Step I" in printed.out
     assert "## Reference: paper runs" in printed.out
     assert "1 failed job(s)" in printed.err
-    assert (sweep / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
+    beside = sweep.parent / f"{sweep.name}-table"  # the default: beside the sweep, never into it
+    assert (beside / "heatmap.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert {path.name for path in beside.iterdir()} == {"table.md", "table.csv", "heatmap.png"}
+    assert sorted(path for path in sweep.rglob("*")) == before
+    (sweep / "table.md").write_text("committed table\n")
+    assert cli(["table", str(sweep), "--no-paper-runs"]) == 0
+    assert (sweep / "table.md").read_text() == "committed table\n"  # left alone without --in-place
+    assert cli(["table", str(sweep), "--no-paper-runs", "--in-place"]) == 0
+    assert (sweep / "table.md").read_text().startswith("# ParAIsite cross-dataset table")
+    capsys.readouterr()
 
     empty = tmp_path / "empty"
     (empty / "step1" / "MIX" / "seed1").mkdir(parents=True)

@@ -41,4 +41,4 @@ def test_table_logged_to_a_wandb_run(tmp_path):
     run(cfg)
     assert cli(["table", str(tmp_path / "g"), "--wandb", "--no-paper-runs"]) == 0
     assert wandb.run is None
-    assert len(list((tmp_path / "g" / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((tmp_path / "g-table" / "wandb").glob("offline-run-*"))) == 1  # the table's folder, beside

@@ -121,7 +121,7 @@ def test_export_install_and_ensemble_statistics(sweep, tmp_path, private_cache, 
     output = tmp_path / "ensemble.csv"
     run_predictions(ensemble, structures, output)
     rows = read_rows(output)
-    mean = np.array([float(row["tc_mean_W_per_mK"]) for row in rows])
+    mean = np.array([float(row["tc_W_per_mK"]) for row in rows])
     std = np.array([float(row["tc_std_W_per_mK"]) for row in rows])
     np.testing.assert_allclose(mean, members.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std, members.std(axis=0), rtol=1e-5, atol=1e-9)
@@ -187,8 +187,8 @@ def test_published_bundle_is_fetched_from_the_mirror_verified_and_predicts(
     for label, predictor in (("published", ensemble), ("direct", direct)):
         outputs[label] = tmp_path / f"{label}.csv"
         run_predictions(predictor, structures, outputs[label])
-    assert [row["tc_mean_W_per_mK"] for row in read_rows(outputs["published"])] == [
-        row["tc_mean_W_per_mK"] for row in read_rows(outputs["direct"])
+    assert [row["tc_W_per_mK"] for row in read_rows(outputs["published"])] == [
+        row["tc_W_per_mK"] for row in read_rows(outputs["direct"])
     ]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from paraisite.data.sources import load_source
 
-KEPT = ["formula", "tc_mean_W_per_mK", "tc_low_W_per_mK", "tc_high_W_per_mK", "tc_rel_std", "in_domain"]
+KEPT = ["formula", "tc_W_per_mK", "tc_low_W_per_mK", "tc_high_W_per_mK", "tc_rel_std", "in_domain"]
 
 
 def main(scan_csv: Path, output: Path) -> None:
@@ -33,18 +33,18 @@ def main(scan_csv: Path, output: Path) -> None:
     scan["agl_tc_W_per_mK"] = scan["id"].map(agl)
     ok = scan[scan["error"].isna()]
     output.mkdir(parents=True, exist_ok=True)
-    top = ok[ok["in_domain"].astype(bool)].nsmallest(50, "tc_mean_W_per_mK")
+    top = ok[ok["in_domain"].astype(bool)].nsmallest(50, "tc_W_per_mK")
     top[["id", *KEPT, "agl_tc_W_per_mK"]].to_csv(output / "top50.csv", index=False, float_format="%.4g")
     paired = ok.dropna(subset=["agl_tc_W_per_mK"])
     inside = paired["in_domain"].astype(bool)
-    ape = (paired["tc_mean_W_per_mK"] - paired["agl_tc_W_per_mK"]).abs() / paired["agl_tc_W_per_mK"]
+    ape = (paired["tc_W_per_mK"] - paired["agl_tc_W_per_mK"]).abs() / paired["agl_tc_W_per_mK"]
     covered = (paired["tc_low_W_per_mK"] <= paired["agl_tc_W_per_mK"]) & (
         paired["agl_tc_W_per_mK"] <= paired["tc_high_W_per_mK"]
     )
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for flag, colour, label in ((True, "tab:blue", "in domain"), (False, "tab:red", "out of domain")):
         rows = paired[inside == flag]
-        ax.scatter(rows["agl_tc_W_per_mK"], rows["tc_mean_W_per_mK"], s=4, alpha=0.5, c=colour, label=label)
+        ax.scatter(rows["agl_tc_W_per_mK"], rows["tc_W_per_mK"], s=4, alpha=0.5, c=colour, label=label)
     lims = [0.05, 1000]
     ax.plot(lims, lims, "k--", lw=0.8)
     ax.set(xscale="log", yscale="log", xlim=lims, ylim=lims, xlabel="AFLOW AGL LTC (W/mK)")
@@ -52,14 +52,14 @@ def main(scan_csv: Path, output: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(output / "parity.png", dpi=130)
-    spearman = paired[["tc_mean_W_per_mK", "agl_tc_W_per_mK"]].rank().corr().iloc[0, 1]
+    spearman = paired[["tc_W_per_mK", "agl_tc_W_per_mK"]].rank().corr().iloc[0, 1]
     print(f"scanned {len(scan)}, errors {len(scan) - len(ok)}, in domain {int(ok['in_domain'].astype(bool).sum())}")
     print(f"paired with AGL: {len(paired)}; MAPE vs AGL in/out of domain {ape[inside].mean():.2f}", end="")
     print(f" / {ape[~inside].mean():.2f}")
     print(f"Spearman(predicted, AGL) {spearman:.2f}; 95 % interval covers the AGL value: {100 * covered.mean():.0f} %")
-    lowest, highest = top["tc_mean_W_per_mK"].min(), top["tc_mean_W_per_mK"].max()
+    lowest, highest = top["tc_W_per_mK"].min(), top["tc_W_per_mK"].max()
     print(f"top-50 lowest predicted (in domain): {lowest:.2f}-{highest:.2f} W/mK")
-    print(f"median predicted LTC {np.median(ok['tc_mean_W_per_mK']):.2f} W/mK")
+    print(f"median predicted LTC {np.median(ok['tc_W_per_mK']):.2f} W/mK")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """``paraisite predict`` and ``paraisite scan``: structure files -> CSV of predictions with applicability columns.
 
 ``predict`` writes one CSV, atomically (a temporary file replaces ``-o`` at the end). ``scan`` is for thousands of
-files: it appends each batch as it goes, under an exclusive lock (``<out>.lock``: a second scan on the same output
-is refused), resumes an interrupted run without repeating finished files, and ranks the result (lowest first) into
-``<out stem>.ranked.csv``. Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1
-and ``--workers`` below 0. Both exit 1 when every file tried failed (the error rows are still written). See
-:mod:`paraisite.zoo.scan` for the inputs taken and the columns.
+files: it appends each batch as it goes to its progress log ``<out stem>.progress.csv``, under an
+exclusive lock (``<out>.lock``, removed at the end: a second scan on the same output is refused), resumes an
+interrupted run from that log without repeating finished files, and writes the ranking (lowest first) to ``-o``.
+Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1 and ``--workers`` below 0.
+Both exit 1 when every file tried failed (the error rows are still written).
+See :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
 
 This module imports nothing heavy at the top: it finds the files and starts the workers' fork server first.
 """
@@ -13,7 +14,6 @@ This module imports nothing heavy at the top: it finds the files and starts the 
 from __future__ import annotations
 
 import argparse
-import os
 from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from paraisite.cpus import set_torch_threads, usable_cpus
 from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
@@ -40,7 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="predict properties of structure files into a CSV")
     _add_common(predict, default_output="predictions.csv")
     predict.set_defaults(func=run_predict)
-    scan = subparsers.add_parser("scan", help="resumable batch prediction of many files, ranked lowest first")
+    scan = subparsers.add_parser(
+        "scan",
+        help="resumable batch prediction of many files; -o gets the ranking (lowest first), "
+        "<out stem>.progress.csv the rows as they are predicted",
+    )
     _add_common(scan, default_output="scan.csv")
     scan.set_defaults(func=run_scan)
 
@@ -80,7 +85,7 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
         type=_non_negative_int,
         default=None,
         help="processes that read, graph and predict, each with its own copy of the model (0 or 1: all in this "
-        f"process; default: 0 below {MIN_FILES_PER_WORKER_POOL} files, else the CPU count)",
+        f"process; default: 0 below {MIN_FILES_PER_WORKER_POOL} files, else the CPUs this process may use)",
     )
     parser.add_argument(
         "--max-percentile",
@@ -110,8 +115,11 @@ MIN_FILES_PER_WORKER_POOL = 1000
 
 
 def default_workers(files: int) -> int:
-    """Worker processes for ``files`` structure files: none for small inputs, one per core for large ones."""
-    return 0 if files < MIN_FILES_PER_WORKER_POOL else os.cpu_count() or 1
+    """Worker processes for ``files`` structure files: none for small inputs, one per usable CPU for large ones.
+
+    Usable: the CPUs this process may run on (:func:`paraisite.cpus.usable_cpus`), not the machine's count.
+    """
+    return 0 if files < MIN_FILES_PER_WORKER_POOL else usable_cpus()
 
 
 def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool) -> PredictionSummary:
@@ -122,6 +130,7 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
     from paraisite.zoo.predictors import load_predictor
     from paraisite.zoo.scan import run_predictions, scan
 
+    set_torch_threads()  # this process's own model calls (workers use one thread each)
     console = Console(stderr=True)
     predictor = load_predictor(args.model)
     if args.fidelity is not None:
@@ -171,5 +180,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_scan(args: argparse.Namespace) -> int:
     """Predict (resuming, under an exclusive lock) into ``--output``, then write the ranking."""
     summary = _predict(args, scan_output=True)
-    Console(stderr=True).print(f"ranking (lowest first) -> {summary.ranked}")
+    Console(stderr=True).print(
+        f"ranking (lowest first) -> {summary.ranked}; rows as predicted (resumable) in {summary.output}"
+    )
     return _exit_code(summary)

@@ -228,13 +228,26 @@ def sha256sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def offline_advice(entry: PinnedFile, cache: Path) -> str:
+    """What to do when ``entry`` cannot be fetched: where it was looked for, and how to use a mirror or a cache."""
+    return (
+        f"Looked for it in the cache ({cache / entry.key}), then at {entry.url}. "
+        f"Without network: set {MIRROR_ENV}=<folder> to a mirror of the upstream files (laid out as "
+        f"<folder>/{entry.repo}/{entry.path}), or run `paraisite data fetch --all` on a machine with network, "
+        f"with {CACHE_ENV}=<folder>, and use that folder here"
+    )
+
+
 def _mirror_downloader(entry: PinnedFile, mirror: Path) -> Callable[[str, str, object], None]:
     """A pooch downloader that copies ``entry`` from the mirror instead of the network."""
 
     def copy(url: str, output_file: str, _pooch: object) -> None:
         source = entry.mirror_path(mirror)
         if not source.is_file():
-            raise MissingFileError(f"{entry.key}: not found at {url} -> mirror path {source} (mirror root {mirror})")
+            raise MissingFileError(
+                f"{entry.key}: not in the mirror: no file {source} (mirror root {mirror}, for {url}). "
+                f"Set {MIRROR_ENV} to a folder laid out as <folder>/{entry.repo}/{entry.path}"
+            )
         shutil.copyfile(source, output_file)
 
     return copy
@@ -293,7 +306,10 @@ def fetch_entry(
         raise
     except Exception as error:
         where = f" or mirror path {entry.mirror_path(mirror_root)}" if mirror_root else ""
-        raise MissingFileError(f"{entry.key}: could not fetch {entry.url}{where}: {error}") from error
+        raise MissingFileError(
+            f"{entry.key}: could not fetch {entry.url}{where} ({type(error).__name__}: {error}). "
+            + offline_advice(entry, root)
+        ) from error
     return Path(fetched)
 
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from paraisite.evaluation.names import METRICS
 from paraisite.evaluation.published import DATASETS, PUBLISHED_RUNS, STEP_LABELS, published_table
 from paraisite.record import RunRecord, RunRecordError, read_run_record
 
-#: Metrics a run reports per evaluated dataset (``--metric`` choices).
-METRICS: tuple[str, ...] = ("mape", "mae_log10", "rmse_log10", "r2_log10", "true_tc_mape")
+__all__ = ["METRICS"]  # re-exported: defined in paraisite.evaluation.names (light, for the CLI's parser)
+
 #: Columns identifying one cell of the table.
 CELL_KEYS: list[str] = ["step", "trained_on", "tested_on"]
 #: Columns of :func:`collect`'s runs table.
@@ -315,35 +316,95 @@ def _grid(block: pd.DataFrame, column: str, trained: list[str], tested: list[str
     return grid
 
 
+def _colour_scale(values: np.ndarray) -> Any:
+    """A log colour scale over the finite positive ``values``; linear when some value is not positive.
+
+    On a log scale one large cell (10.9 among values below 1) does not wash out the others.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    finite = values[np.isfinite(values)]
+    if finite.size and (finite > 0).all():
+        low, high = float(finite.min()), float(finite.max())
+        return LogNorm(vmin=low, vmax=high if high > low else low * 10)
+    return Normalize(vmin=min(0.0, float(finite.min(initial=0.0))), vmax=float(finite.max(initial=1.0)) or 1.0)
+
+
+#: Differences below this size are coloured linearly, larger ones on a log scale (a +10 cell beside cells of +-0.5).
+DELTA_LINEAR_WIDTH = 0.2
+
+
+def _delta_scale(values: np.ndarray) -> Any:
+    """A diverging scale centred on 0, symmetric over the largest absolute finite ``values``.
+
+    Log beyond :data:`DELTA_LINEAR_WIDTH`, so that one large difference does not wash out the small ones.
+    """
+    from matplotlib.colors import SymLogNorm
+
+    finite = values[np.isfinite(values)]
+    limit = max(float(np.abs(finite).max(initial=0.0)), DELTA_LINEAR_WIDTH * 2)
+    return SymLogNorm(linthresh=DELTA_LINEAR_WIDTH, vmin=-limit, vmax=limit, base=10)
+
+
+def _annotate(axis: Any, grid: np.ndarray, texts: np.ndarray, norm: Any, dark_above: float, dark_below: float) -> None:
+    """Write ``texts`` in the cells of ``grid`` that hold a value (blank elsewhere), white on dark colours."""
+    for (row, column), value in np.ndenumerate(grid):
+        if not math.isfinite(value):
+            continue
+        level = float(norm(value))
+        colour = "white" if level > dark_above or level < dark_below else "black"
+        axis.text(column, row, texts[row, column], ha="center", va="center", fontsize=9, color=colour)
+
+
 def plot_heatmap(cells: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
-    """Heatmap PNG: one panel per step, colour = our mean, each cell annotated ``ours`` over ``(published)``."""
+    """Heatmap PNG: one column of panels per step; cells without a value are blank.
+
+    Top row: our mean on a log colour scale, each cell annotated ``ours`` over ``(published)`` where a published
+    value exists. Bottom row (only when some cell has a published value): ours - published on a diverging scale
+    centred on 0, symmetric log (blue: ours lower, red: ours higher).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # 0.4 s to import: only here, not for every command
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     steps = _ordered(cells["step"], list(STEP_LABELS))
     tested = _ordered(cells["tested_on"], DATASETS)
-    figure = Figure(figsize=(4.2 * len(steps) + 1.2, 4.2), layout="constrained")
+    with_delta = bool(cells["delta"].notna().any())
+    rows = 2 if with_delta else 1
+    figure = Figure(figsize=(4.2 * len(steps) + 1.4, 4.0 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(steps), squeeze=False)[0]
-    norm = Normalize(vmin=min(0.0, float(cells["mean"].min())), vmax=float(cells["mean"].max()) or 1.0)
-    image = None
-    for axis, step in zip(axes, steps, strict=True):
+    axes = figure.subplots(rows, len(steps), squeeze=False)
+    norm = _colour_scale(cells["mean"].to_numpy(dtype=float))
+    delta_norm = _delta_scale(cells["delta"].to_numpy(dtype=float))
+    images: list[Any] = [None, None]
+    for index, step in enumerate(steps):
         block = cells[cells["step"] == step]
         trained = _ordered(block["trained_on"], DATASETS)
-        means, published = (_grid(block, column, trained, tested) for column in ("mean", "published_mean"))
-        image = axis.imshow(np.ma.masked_invalid(means), cmap="viridis_r", norm=norm)
-        for (row, column), mean in np.ndenumerate(means):
-            text = f"{_mean_std(mean, math.nan)}\n({_mean_std(published[row, column], math.nan)})"
-            colour = "white" if not math.isnan(mean) and norm(mean) > 0.6 else "black"
-            axis.text(column, row, text, ha="center", va="center", fontsize=9, color=colour)
-        axis.set_xticks(range(len(tested)), tested, rotation=30)
-        axis.set_yticks(range(len(trained)), trained)
-        axis.set_xlabel("tested on")
-        axis.set_ylabel("trained on")
-        axis.set_title(STEP_LABELS.get(step, step))
-    if image is not None:
-        figure.colorbar(image, ax=list(axes), label=f"our mean {cells['metric'].iloc[0]}", shrink=0.8)
+        means, published, delta = (_grid(block, c, trained, tested) for c in ("mean", "published_mean", "delta"))
+        panels = [(axes[0, index], means, norm, "viridis_r", STEP_LABELS.get(step, step))]
+        if with_delta:
+            panels.append(
+                (axes[1, index], delta, delta_norm, "RdBu_r", f"{STEP_LABELS.get(step, step)}: ours - published")
+            )
+        for row, (axis, grid, scale, colours, label) in enumerate(panels):
+            images[row] = axis.imshow(np.ma.masked_invalid(grid), cmap=colours, norm=scale)
+            axis.set_xticks(range(len(tested)), tested, rotation=30)
+            axis.set_yticks(range(len(trained)), trained)
+            axis.set_xlabel("tested on")
+            axis.set_ylabel("trained on")
+            axis.set_title(label)
+        texts = np.empty(means.shape, dtype=object)
+        for (r, c), mean in np.ndenumerate(means):
+            reference = published[r, c]
+            texts[r, c] = f"{mean:.2f}" + (f"\n({reference:.2f})" if math.isfinite(reference) else "")
+        _annotate(axes[0, index], means, texts, norm, dark_above=0.6, dark_below=-1.0)
+        if with_delta:
+            deltas = np.vectorize(lambda value: f"{value:+.2f}", otypes=[object])(delta)
+            _annotate(axes[1, index], delta, deltas, delta_norm, dark_above=0.8, dark_below=0.2)
+    metric = cells["metric"].iloc[0]
+    if images[0] is not None:
+        figure.colorbar(images[0], ax=list(axes[0]), label=f"our mean {metric} (log scale)", shrink=0.8)
+    if with_delta and images[1] is not None:
+        figure.colorbar(images[1], ax=list(axes[1]), label=f"ours - published {metric} (symmetric log)", shrink=0.8)
     figure.suptitle(title)
     figure.savefig(path, dpi=120)
     return Path(path)
@@ -364,7 +425,8 @@ def write_outputs(
     paths["markdown"].write_text(to_markdown(cells, runs, failures, metric, sweep_dir))
     cells.to_csv(paths["csv"], index=False)
     quick = " | QUICK profile, not the paper's settings" if "quick" in set(runs["profile"].dropna()) else ""
-    plot_heatmap(cells, paths["heatmap"], f"{metric}: our mean (published mean){quick}")
+    published = " (published mean)" if cells["published_mean"].notna().any() else ""
+    plot_heatmap(cells, paths["heatmap"], f"{metric}: our mean{published}{quick}")
     return paths
 
 

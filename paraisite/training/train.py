@@ -18,6 +18,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,12 +26,14 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from paraisite.checkpoints import add_checkpoint_entries
 from paraisite.config import config_dir
+from paraisite.cpus import set_torch_threads
 from paraisite.data import registry
 from paraisite.data.datamodule import LTCDataModule
 from paraisite.evaluation.applicability import APPLICABILITY_KEY, collect_reference
-from paraisite.evaluation.cross import evaluate_on
+from paraisite.evaluation.cross import evaluate_on, predict_loader
 from paraisite.evaluation.holdout import FIDELITIES_KEY, holdout_result
 from paraisite.evaluation.metrics import DISTORTED_SOURCES_KEY, distorted_sources, final_problem
+from paraisite.evaluation.plots import CURVES_NAME, PREDICTED_COLUMN, TRUE_COLUMN, VAL_PREDICTIONS_NAME
 from paraisite.models.regressor import LTCRegressor, load_ltc_checkpoint
 from paraisite.record import RunRecord, write_run_record
 from paraisite.training import record
@@ -44,6 +47,8 @@ from paraisite.training.builders import (
     provenance,
 )
 from paraisite.training.checks import check_run_config
+from paraisite.training.curves import TrainingCurves
+from paraisite.training.noise import quiet_known_noise
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +72,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         return _train_ensemble(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    log.info("torch threads: %d", set_torch_threads(cfg.get("threads")))
     start = time.perf_counter()
     code = provenance()  # the code the run starts with (the checkout may change while it trains)
     check_pretrained_name(cfg)
@@ -80,6 +84,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(TrainingCurves(output_dir / CURVES_NAME, title=_curves_title(cfg)))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
 
@@ -133,6 +138,7 @@ def finish_run(
         add_checkpoint_entries(best_path, entries)
     result["best_checkpoint"] = str(best_path) if best_path else None
     result["best"] = evaluate_on(best, datamodule, scaling)
+    write_val_predictions(predict_loader(best, datamodule.val_dataloader(), scaling), output_dir / VAL_PREDICTIONS_NAME)
     result["cross"] = {}
     for name in cfg.get("cross_eval") or []:
         other = build_datamodule(cfg, name)
@@ -148,14 +154,31 @@ def finish_run(
     return result
 
 
+def _curves_title(cfg: DictConfig) -> str:
+    return f"{cfg.task_name} {cfg.data.name} ({cfg.model.backbone.name})"
+
+
+def write_val_predictions(predictions: dict[str, Any], path: Path) -> Path:
+    """The validation split's true and predicted TC (W/mK), one row per structure in loader order (for parity plots).
+
+    ``reference_tc_W_per_mK`` (what ``protocol=paper`` scores against) is added where it differs from the true TC.
+    """
+    columns = {TRUE_COLUMN: predictions["true_tc"], PREDICTED_COLUMN: predictions["pred_tc"]}
+    if not torch.equal(predictions["reference_tc"], predictions["true_tc"]):
+        columns["reference_tc_W_per_mK"] = predictions["reference_tc"]
+    lines = [",".join(columns)]
+    lines += [",".join(f"{float(v):.6g}" for v in row) for row in zip(*columns.values(), strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.seeds`` as one vectorised ensemble; each member ends as the plain run of its seed would."""
     from paraisite.training.ensemble import EnsembleDataModule, EnsembleRegressor, MemberCheckpoint
 
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    log.info("torch threads: %d", set_torch_threads(cfg.get("threads")))
     if cfg.trainer.get("gradient_clip_val"):
         raise ValueError("trainer.gradient_clip_val couples the members' gradients; not allowed with seeds=[...]")
     if cfg.model.get("physics") is not None:
@@ -184,6 +207,7 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     names = [f"seed {int(seed)}" for seed in cfg.seeds]
     callbacks.append(MemberCheckpoint(best_paths, resume_path=last, names=names))
+    callbacks.append(TrainingCurves(job_dir / CURVES_NAME, names=names, title=_curves_title(cfg)))
     # MemberCheckpoint writes every checkpoint; Lightning's default one would add a 52 MB copy per epoch.
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
@@ -256,8 +280,8 @@ def _train_recording_failure(cfg: DictConfig, output_dir: Path) -> float:
         output_dir.mkdir(parents=True, exist_ok=True)
         message = f"{type(error).__name__}: {error}"
         record.mark_failed(cfg, message, traceback.format_exc())
-        log.error("run failed: %s (details in %s)", message, record.status_path(cfg))
         if _in_multirun():
+            log.error("run failed: %s (details in %s)", message, record.status_path(cfg))
             return math.nan
         raise
     finally:
@@ -277,13 +301,40 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+class TrainingError(CompactHydraException):
+    """A failed single run, as one message: Hydra prints it without a traceback (``HYDRA_FULL_ERROR=1`` shows it)."""
+
+
+def one_message(error: Exception, cfg: DictConfig) -> TrainingError:
+    """The failure of a single run as one message: what failed and where it is recorded.
+
+    Hydra adds the overrides before it, and how to see the traceback (``HYDRA_FULL_ERROR=1``) after it.
+    """
+    where = record.status_path(cfg)
+    recorded = f"; recorded in {where}" if where.is_file() else ""
+    return TrainingError(f"paraisite-train: error: {type(error).__name__}: {error}{recorded}")
+
+
+#: Hydra's switch for full tracebacks; paraisite-train follows it.
+FULL_ERROR_VARIABLE = "HYDRA_FULL_ERROR"
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
-    """``paraisite-train``: compose the config, save it resolved, train and evaluate."""
+    """``paraisite-train``: compose the config, save it resolved, train and evaluate.
+
+    A failure ends the run with one message and exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+    """
+    quiet_known_noise()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run(cfg)
+    try:
+        return run(cfg)
+    except Exception as error:
+        if os.environ.get(FULL_ERROR_VARIABLE) == "1":
+            raise
+        raise one_message(error, cfg) from None
 
 
 if __name__ == "__main__":

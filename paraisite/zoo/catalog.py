@@ -59,7 +59,7 @@ QUICK_ENSEMBLE_MAPE: dict[str, str] = {"Dataset1": "0.446 (0.110)", "Dataset2": 
 FULL_STEP3_MAPE: dict[str, str] = {"Dataset1": "0.441 (0.107)", "Dataset2": "0.297 (0.093)", "MIX": "0.463 (0.061)"}
 #: Single-checkpoint and ensemble LTC columns; calibrated ensembles add the interval columns.
 LTC_COLUMNS = ("tc_W_per_mK",)
-LTC_ENSEMBLE_COLUMNS = ("tc_mean_W_per_mK", "tc_std_W_per_mK", "tc_rel_std")
+LTC_ENSEMBLE_COLUMNS = ("tc_W_per_mK", "tc_std_W_per_mK", "tc_rel_std")  # tc_W_per_mK: as one model's
 LTC_INTERVAL_COLUMNS = ("tc_low_W_per_mK", "tc_high_W_per_mK", "interval_level")
 #: Training datasets of the ensembles: short name for the table, description for the card.
 LTC_DATASETS = {
@@ -426,9 +426,9 @@ seed.
 
 {errors}
 
-**Output.** `tc_mean_W_per_mK` (mean over the members), `tc_std_W_per_mK` (population std over the members, the
-paper's scan statistic: model spread, not measurement noise) and `tc_rel_std` = std / mean; calibrated ensembles add
-`tc_low_W_per_mK`, `tc_high_W_per_mK` and `interval_level` (0.95).
+**Output.** `tc_W_per_mK` (mean over the members; a single model's column has the same name), `tc_std_W_per_mK`
+(population std over the members, the paper's scan statistic: model spread, not measurement noise) and `tc_rel_std`
+= std / mean; calibrated ensembles add `tc_low_W_per_mK`, `tc_high_W_per_mK` and `interval_level` (0.95).
 
 **Training data.** {training}; the published MEGNet weights were trained on formation energies of the
 {MATERIALS_PROJECT}.

@@ -6,13 +6,12 @@ Light on purpose (no torch, pymatgen or pandas): the CLI runs these checks, and 
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from paraisite.safety import exclusive_lock
 
 #: Names taken from folders (case-insensitive); files named on the command line are always tried.
 STRUCTURE_PATTERNS = (
@@ -77,7 +76,7 @@ def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
 
 
 def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, scan: bool = False) -> None:
-    """Refuse an output that is one of the inputs (also its ranking, for ``scan``) or not a regular file.
+    """Refuse an output that is one of the inputs (also its progress log, for ``scan``) or not a regular file.
 
     Runs before anything is written, so a refused output is never touched.
 
@@ -85,29 +84,29 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         OutputError: naming the output and the reason.
     """
     output = Path(output)
-    targets = [output, ranked_path(output)] if scan else [output]
+    targets = [output, scan_log_path(output)] if scan else [output]
     if output.exists() and not output.is_file():
         raise OutputError(f"-o {output}: exists and is not a regular file (a directory, FIFO or device)")
     for path in inputs:
         for target in targets:
             if _same_file(target, path):
-                kind = "the ranking of -o" if target != output else "-o"
+                kind = "the progress log of -o" if target != output else "-o"
                 raise OutputError(f"{kind} {target} is also an input; choose another output file")
 
 
 @contextmanager
 def output_lock(output: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on ``<output>.lock`` while ``scan`` appends to ``output``: one writer per file.
+    """Hold an exclusive lock on ``<output>.lock`` while ``scan`` writes ``output``: one writer per file.
 
     The lock is an ``flock`` (released by the kernel if the process dies, so ``kill -9`` leaves no stale lock); the
-    file keeps the holder's pid for the refusal message and is left in place.
+    file keeps the holder's pid for the refusal message and is removed when the block ends.
 
     Raises:
         OutputError: another process holds the lock (its pid is named); nothing was touched.
     """
     output = Path(output)
     lock = output.with_name(f"{output.name}.lock")
-    with exclusive_lock(lock) as holder:
+    with _removed_lock(lock) as holder:
         if holder is not None:
             raise OutputError(
                 f"{output}: another paraisite scan (pid {holder or 'unknown'}) is writing this file (lock {lock}); "
@@ -116,7 +115,45 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
         yield lock
 
 
-def ranked_path(output: str | os.PathLike) -> Path:
-    """``<out stem>.ranked.csv`` beside ``output``."""
+@contextmanager
+def _removed_lock(path: Path) -> Iterator[str | None]:
+    """Like :func:`paraisite.safety.exclusive_lock`, but the holder removes the file when its block ends.
+
+    A process that opened the file just before its holder removed it would lock a file no longer in the folder:
+    after locking, the lock is kept only if ``path`` still names the locked file, else it is taken again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+                return
+            held = os.fstat(descriptor)
+            try:
+                named = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+                continue
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield None
+            finally:
+                path.unlink(missing_ok=True)  # while still held: nobody else can hold this file
+            return
+        finally:
+            os.close(descriptor)  # releases the lock
+
+
+#: What ``scan`` appends to as it goes (rows in input order; a re-run resumes from it), beside its ``-o``.
+SCAN_LOG_SUFFIX = ".progress.csv"
+
+
+def scan_log_path(output: str | os.PathLike) -> Path:
+    """``<out stem>.progress.csv`` beside ``output``: the rows ``scan`` appends as it goes; ``-o`` gets the ranking."""
     output = Path(output)
-    return output.with_name(f"{output.stem}.ranked.csv")
+    return output.with_name(f"{output.stem}{SCAN_LOG_SUFFIX}")

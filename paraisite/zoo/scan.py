@@ -49,7 +49,7 @@ from paraisite.zoo.files import (
     check_output,
     check_run_options,
     output_lock,
-    ranked_path,
+    scan_log_path,
 )
 from paraisite.zoo.workers import THREAD_VARIABLES, WORKER_START_METHOD, start_worker_server
 
@@ -351,28 +351,50 @@ def run_predictions(
     return summary
 
 
-def write_ranking(output: str | os.PathLike, column: str) -> Path:
-    """Sort ``output``'s rows by ``column`` ascending (error rows last, unranked) into :func:`ranked_path`."""
-    table = pd.read_csv(output, dtype=str, keep_default_na=False)
+def write_ranking(rows: str | os.PathLike, column: str, target: str | os.PathLike) -> Path:
+    """Sort the CSV ``rows`` by ``column`` ascending (error rows last, unranked) into ``target``, with a ``rank``."""
+    table = pd.read_csv(rows, dtype=str, keep_default_na=False)
     key = pd.to_numeric(table[column], errors="coerce")
     order = key.sort_values(kind="stable", na_position="last").index
     ranked = table.loc[order].reset_index(drop=True)
     ranks = pd.Series(range(1, len(ranked) + 1), dtype="Int64").where(key.loc[order].notna().to_numpy())
     ranked.insert(0, "rank", ranks)
-    target = ranked_path(output)
+    target = Path(target)
     atomic_write(target, lambda tmp: ranked.to_csv(tmp, index=False))
     return target
+
+
+def _check_replaceable(output: Path, columns: list[str]) -> None:
+    """Refuse to replace an ``output`` that is not an earlier ranking with ``columns`` (someone else's file).
+
+    Raises:
+        OutputError: naming the file; it was not modified.
+    """
+    if not output.is_file() or output.stat().st_size == 0:
+        return
+    with open(output, newline="", encoding="utf-8", errors="replace") as stream:
+        header = next(csv.reader(stream), None)
+    if header != columns:
+        raise OutputError(
+            f"{output}: not a ranking of this model from paraisite scan (its columns are {header}); it was not "
+            "modified. Choose another output file"
+        )
 
 
 def scan(
     predictor: Predictor, paths: Sequence[str], output: str | os.PathLike, *, locked: bool = False, **options: Any
 ) -> PredictionSummary:
-    """:func:`run_predictions` with ``resume=True``, then :func:`write_ranking` by the first value column.
+    """Predict ``paths`` resumably, then write their ranking (lowest first by the first value column) to ``output``.
 
-    Holds :func:`output_lock` on ``output`` throughout (``locked``: the caller already holds it).
+    The rows are appended, batch by batch, to the progress log :func:`~paraisite.zoo.files.scan_log_path` beside
+    ``output`` (:func:`run_predictions` with ``resume=True``; a re-run skips its paths); ``output`` is replaced by the
+    ranking at the end. The summary's ``output`` is the log, its ``ranked`` the ranking. Holds :func:`output_lock`
+    on ``output`` throughout (``locked``: the caller already holds it).
     """
     check_output(output, paths, scan=True)
+    log = scan_log_path(output)
     with nullcontext() if locked else output_lock(output):
-        summary = run_predictions(predictor, paths, output, resume=True, **options)
-        summary.ranked = write_ranking(output, predictor.columns[0])
+        _check_replaceable(Path(output), ["rank", *output_columns(predictor)])
+        summary = run_predictions(predictor, paths, log, resume=True, **options)
+        summary.ranked = write_ranking(log, predictor.columns[0], output)
     return summary

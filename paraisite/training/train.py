@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -42,7 +43,7 @@ from paraisite.training.builders import (
     prepare_run,
     provenance,
 )
-from paraisite.training.checks import check_run_config
+from paraisite.training.checks import check_command_line, check_run_config
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,12 @@ def finish_run(
         other = build_datamodule(cfg, name)
         result["cross"][other.name] = evaluate_on(best, other, scaling)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    best_mape = result["best"].get("mape")
+    if not isinstance(best_mape, (int, float)) or not math.isfinite(best_mape):
+        raise DivergedRunError(
+            f"{output_dir}: the best validation MAPE is {best_mape}, not a finite number: the run diverged "
+            f"(model.optimizer.lr={cfg.model.optimizer.get('lr')} too large?); recorded as failed"
+        )
     problem = final_problem(result.get("final") or {})
     if problem:
         log.warning("%s: %s at the last epoch; its best checkpoint was scored", output_dir, problem)
@@ -210,6 +217,10 @@ def _mean(values: Any) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+class DivergedRunError(RuntimeError):
+    """The best checkpoint's validation metric is not a finite number: the run is recorded as failed."""
+
+
 class RunInProgressError(RuntimeError):
     """Another live process is training this job; nothing was written."""
 
@@ -271,9 +282,21 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def main() -> Any:
+    """``paraisite-train``: check every job's config (:func:`check_command_line`), then let Hydra run them.
+
+    A bad value or a misspelt key exits with status 2 before anything is written or loaded.
+    """
+    problem = check_command_line(sys.argv[1:])
+    if problem is not None:
+        print(f"paraisite-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """``paraisite-train``: compose the config, save it resolved, train and evaluate."""
+def hydra_main(cfg: DictConfig) -> float:
+    """Hydra's task: save the composed config resolved, train and evaluate."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

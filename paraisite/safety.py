@@ -11,6 +11,8 @@ One place for the rules every reader applies:
   contents, whose decompressed size is what is limited: a decompression bomb is cut off at the limit).
 - :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
 - :func:`exclusive_lock`: one process at a time (one writer of a scan's CSV, one trainer of a job).
+- :func:`configured_limit`: a cost bound's value, its default overridden by an environment variable
+  (``docs/limits.md`` lists them).
 
 Everything here is cheap and has no heavy imports, so it can run on every load.
 """
@@ -36,6 +38,28 @@ MAX_STRUCTURE_BYTES = 64 * 1024**2
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 #: Characters allowed in one part of a relative name from outside data (no separators, no control characters).
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+
+
+class LimitSettingError(ValueError):
+    """An environment variable that sets a limit holds something other than a positive number."""
+
+
+def configured_limit(variable: str, default: float) -> float:
+    """The limit ``variable`` sets in the environment (a positive number), else ``default``.
+
+    Raises:
+        LimitSettingError: naming the variable and its value.
+    """
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise LimitSettingError(f"{variable}={text!r}: a limit must be a positive finite number (see docs/limits.md)")
+    return value
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

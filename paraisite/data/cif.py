@@ -21,10 +21,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from monty.io import zopen
@@ -88,8 +89,56 @@ def _expand(affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: fl
     return images, np.concatenate(chosen_parts)
 
 
+#: Symmetry operations of the largest space groups (Fm-3m and the like): the upper bound for a CIF naming its group.
+MAX_GROUP_OPERATIONS = 192
+
+
+class CifSizeError(Exception):
+    """A CIF whose sites x symmetry operations exceed a limit, refused before its symmetry is expanded.
+
+    Not a ``ValueError``: pymatgen turns those into a warning and goes on with the next block.
+    """
+
+
+def check_cif_size(sites: int, operations: int, source: str | Path, max_sites: int, max_images: int) -> None:
+    """Refuse ``sites`` (of a block) or ``sites x operations`` (atom positions before merging) above the limits.
+
+    Raises:
+        CifSizeError: naming ``source``, the counts and the limit with the variable that sets it.
+    """
+    if sites > max_sites:
+        raise CifSizeError(
+            f"{source}: {sites} sites, more than the {max_sites}-atom limit (PARAISITE_MAX_ATOMS, docs/limits.md)"
+        )
+    if sites * operations > max_images:
+        raise CifSizeError(
+            f"{source}: {sites} sites x {operations} symmetry operations = {sites * operations} atom positions to "
+            f"expand, more than the {max_images} limit (PARAISITE_MAX_CIF_IMAGES, docs/limits.md); "
+            "refused before the expansion"
+        )
+
+
 class FastCifParser(CifParser):
-    """``CifParser`` whose symmetry expansion is vectorised; results are identical to the parent's."""
+    """``CifParser`` whose symmetry expansion is vectorised; results are identical to the parent's.
+
+    With :attr:`limits` set (``(source, max_sites, max_images)``), each block's sites and sites x symmetry
+    operations (summed over the blocks) are checked by :func:`check_cif_size` before its operations are parsed.
+    """
+
+    limits: tuple[str, int, int] | None = None
+    _images_seen: int = 0
+
+    def get_symops(self, data: Any) -> list[SymmOp]:
+        """The symmetry operations pymatgen reads from a block, after the size check (see the class doc)."""
+        if self.limits is not None:
+            source, max_sites, max_images = self.limits
+            columns = [value for key, value in data.data.items() if key.startswith("_atom_site_")]
+            sites = max((len(value) for value in columns if isinstance(value, list)), default=1)
+            explicit = next((data.data[key] for key in _SYMMETRY_KEYS if key in data.data), None)
+            operations = len(explicit) if isinstance(explicit, list) else MAX_GROUP_OPERATIONS
+            check_cif_size(sites, operations, source, max_sites, max_images - self._images_seen)
+            self._images_seen += sites * operations
+        return super().get_symops(data)
 
     def _unique_coords(
         self,
@@ -339,16 +388,17 @@ def _stoichiometry_notes(items: dict[str, str | list[str]], counts: dict[str, fl
     return []
 
 
-def fast_cif_structure(text: str) -> Structure | None:
+def fast_cif_structure(text: str, max_images: int | None = None) -> Structure | None:
     """The structure ``FastCifParser.from_str(text).parse_structures(primitive=False)[0]`` gives, or None.
 
     Reads a one-block CIF whose sites are all fully occupied by one known element each, with explicit ``x,y,z``
     symmetry operations, where no two sites are symmetry images of one another; emits the same "Issues encountered"
     warning pymatgen would. Anything else (disorder, oxidation states, magnetic or multi-block CIFs, uncommon
-    syntax, a CIF pymatgen would warn about or refuse) gives None, and the caller lets pymatgen read it.
+    syntax, a CIF pymatgen would warn about or refuse) gives None, and the caller lets pymatgen read it. So does one
+    of more than ``max_images`` sites x symmetry operations (pymatgen's path refuses it when given the limit).
     """
     try:
-        structure, notes = _fast_structure(text)
+        structure, notes = _fast_structure(text, max_images)
     except Exception:  # _NotUnderstoodError, or anything unforeseen: pymatgen's reader decides
         return None
     if notes:
@@ -356,7 +406,7 @@ def fast_cif_structure(text: str) -> Structure | None:
     return structure
 
 
-def _fast_structure(text: str) -> tuple[Structure, list[str]]:
+def _fast_structure(text: str, max_images: int | None = None) -> tuple[Structure, list[str]]:
     """The structure of :func:`fast_cif_structure` and the notes of pymatgen's warning (none: no warning)."""
     items = _block_items(text)
     keys = "\n".join(items)
@@ -403,6 +453,8 @@ def _fast_structure(text: str) -> tuple[Structure, list[str]]:
     xyz = next((items[key] for key in _SYMMETRY_KEYS if items.get(key)), None)
     if not isinstance(xyz, list):
         raise _NotUnderstoodError  # a space group by name or number, a 1-line operation, or none: pymatgen's rules
+    if max_images is not None and count * len(xyz) > max_images:
+        raise _NotUnderstoodError  # refused by the size check of pymatgen's path, before anything is expanded
     affine = _operations(tuple(xyz))
     if count * count * len(affine) > _MAX_MERGE_TABLE:
         raise _NotUnderstoodError
@@ -483,11 +535,24 @@ def check_cif_occupancies(parser: CifParser, source: str | Path) -> None:
                 raise CifOccupancyError(f"{source}: site {label}: occupancy {text} is outside [0, 1]")
 
 
-def parse_user_cif(text: str, source: str | Path) -> Structure:
-    """The first structure of a CIF text from a user: :func:`check_cif_occupancies`, then :class:`FastCifParser`."""
-    structure = fast_cif_structure(text)  # its CIFs have all occupancies 1, which the check accepts
+def parse_user_cif(
+    text: str, source: str | Path, max_sites: int | None = None, max_images: int | None = None
+) -> Structure:
+    """The first structure of a CIF text from a user: :func:`check_cif_occupancies`, then :class:`FastCifParser`.
+
+    ``max_sites``/``max_images``: the limits of :func:`check_cif_size`, checked before any symmetry expansion.
+
+    Raises:
+        CifOccupancyError: a bad occupancy.
+        CifSizeError: a block over the limits.
+    """
+    structure = fast_cif_structure(text, max_images)  # its CIFs have all occupancies 1, which the check accepts
     if structure is not None:
+        if max_sites is not None and len(structure) > max_sites:  # the fast path expanded at most max_images
+            raise CifSizeError(f"{source}: {len(structure)} atoms, more than the {max_sites}-atom limit")
         return structure
     parser = FastCifParser.from_str(text)
+    if max_sites is not None or max_images is not None:
+        parser.limits = (str(source), max_sites or sys.maxsize, max_images or sys.maxsize)
     check_cif_occupancies(parser, source)
     return parser.parse_structures(primitive=False)[0]

@@ -46,7 +46,7 @@ def test_a_cif_whose_symmetry_would_expand_past_the_bound_is_refused_before_expa
     assert time.perf_counter() - start < 5
     message = str(error.value)
     assert f"{path}: {sites} sites x 192 symmetry operations = {sites * 192} atom positions" in message
-    assert "more than the 50000 limit (PARAISITE_MAX_CIF_IMAGES" in message
+    assert "more than the 20000 limit (PARAISITE_MAX_CIF_IMAGES" in message
 
 
 def test_the_cif_bound_is_set_by_its_variable(tmp_path, monkeypatch):

@@ -70,11 +70,14 @@ def _first_unique(images: np.ndarray, tolerance: float, kept: np.ndarray | None 
     return np.asarray(chosen, dtype=int)
 
 
-def _expand(affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+def _expand(
+    affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: float, max_kept: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of ``coords`` under the operations ``affine`` (``[K, 4, 4]``), wrapped into [0, 1), and the kept ones.
 
     Returns ``(images, chosen)``: ``images[s * K + k]`` is site ``s`` under operation ``k`` (``x - floor(x)``, as
-    pymatgen wraps), ``chosen`` the indices pymatgen's first-come rule keeps, in its order.
+    pymatgen wraps), ``chosen`` the indices pymatgen's first-come rule keeps, in its order. Past ``max_kept`` kept
+    positions the site-by-site de-duplication stops (the result is then too large anyway and is refused).
     """
     images = np.stack([(affine @ np.array([*site, 1.0]))[:, :3] for site in coords]).reshape(-1, 3)
     images = images - np.floor(images)
@@ -86,6 +89,8 @@ def _expand(affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: fl
         part = offset + _first_unique(images[offset : offset + len(affine)], tolerance, kept)
         chosen_parts.append(part)
         kept = np.concatenate([kept, images[part]])
+        if max_kept is not None and len(kept) > max_kept:
+            break
     return images, np.concatenate(chosen_parts)
 
 
@@ -127,6 +132,7 @@ class FastCifParser(CifParser):
 
     limits: tuple[str, int, int] | None = None
     _images_seen: int = 0
+    _atoms_kept: int = 0
 
     def get_symops(self, data: Any) -> list[SymmOp]:
         """The symmetry operations pymatgen reads from a block, after the size check (see the class doc)."""
@@ -154,7 +160,14 @@ class FastCifParser(CifParser):
         labels = labels or {}
         affine = np.stack([op.affine_matrix for op in operations])
         tolerance = self._site_tolerance  # type: ignore[attr-defined]  # set by CifParser.from_str
-        images, chosen = _expand(affine, coords, tolerance)
+        max_kept = None if self.limits is None else self.limits[1] - self._atoms_kept
+        images, chosen = _expand(affine, coords, tolerance, max_kept)
+        self._atoms_kept += len(chosen)
+        if self.limits is not None and self._atoms_kept > self.limits[1]:
+            raise CifSizeError(
+                f"{self.limits[0]}: more than {self.limits[1]} atoms after the symmetry expansion "
+                "(PARAISITE_MAX_ATOMS, docs/limits.md)"
+            )
         labels_out = [labels.get(coords[index // len(operations)], "no_label") for index in chosen]
         return list(images[chosen]), [Magmom(0)] * len(chosen), labels_out
 

@@ -41,7 +41,7 @@ MIN_VOLUME_PER_ATOM = 1.0
 MAX_ATOMS = 10_000
 #: Most atom positions a CIF's symmetry expansion may make: sites x symmetry operations, summed over its blocks
 #: (``PARAISITE_MAX_CIF_IMAGES``); checked before expanding (1,000 general sites of a cubic group took 10 minutes).
-MAX_CIF_IMAGES = 50_000
+MAX_CIF_IMAGES = 20_000
 #: Most neighbour pairs a structure's graph may have, estimated before it is built (``PARAISITE_MAX_GRAPH_EDGES``):
 #: about 10 kB each when a 9-member MEGNet ensemble predicts (1.4 GB for 137,000 pairs, measured).
 MAX_GRAPH_EDGES = 800_000

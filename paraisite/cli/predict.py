@@ -4,7 +4,8 @@
 files: it appends each batch as it goes, under an exclusive lock (``<out>.lock``: a second scan on the same output
 is refused), resumes an interrupted run without repeating finished files, and ranks the result (lowest first) into
 ``<out stem>.ranked.csv``. Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1
-and ``--workers`` below 0. Both exit 1 when every file tried failed (the error rows are still written). See
+and ``--workers`` below 0. Both exit 1 when every file tried failed (the error rows are still written), 3 when
+a worker process died or passed the per-file time limit on some files (``PARAISITE_FILE_SECONDS``). See
 :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
 
 This module imports nothing heavy at the top: it finds the files and starts the workers' fork server first.
@@ -141,8 +142,18 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
     return summary
 
 
+#: Exit status when a worker process died or ran out of time on some files (the other rows are written).
+LOST_FILES_STATUS = 3
+
+
 def _exit_code(summary: PredictionSummary) -> int:
-    """1 when every file tried in this run failed (their error rows are written), else 0."""
+    """1 when every file tried in this run failed, 3 when a worker died on some (error rows are written), else 0."""
+    if summary.lost and summary.predicted:
+        Console(stderr=True).print(
+            f"{summary.lost} file(s) lost to a worker process that died or passed the per-file time limit: "
+            f"see the error column of {summary.output}"
+        )
+        return LOST_FILES_STATUS
     if summary.failed and not summary.predicted:
         Console(stderr=True).print(f"every file failed ({summary.failed}): see the error column of {summary.output}")
         return 1

@@ -44,6 +44,7 @@ from paraisite.evaluation.uncertainty import (
     to_log,
     uncertainty_report,
 )
+from paraisite.safety import check_relative_name
 from paraisite.zoo.bundle import (
     INFERENCE_KEYS,
     MANIFEST,
@@ -245,6 +246,7 @@ def ship_ensemble(
     errors. Returns the manifest path (``output`` defaults to :func:`shipped_bundle_dir`). ``evidence``: a directory
     for the per-row CSVs behind those figures (``<name>--<set>.csv``, e.g. ``...--dataset1-cross-dataset.csv``).
     """
+    check_relative_name(name, what="zoo ship --name", parts=1)  # as `zoo export`: a plain name, never a path
     sweep_dir = Path(sweep_dir)
     runs = checked_runs(sweep_dir, step, dataset)  # the same checks as `zoo export`: seeds unique, one protocol
     target = Path(output) if output is not None else shipped_bundle_dir(name)

@@ -70,7 +70,7 @@ def test_a_bad_row_names_its_line_and_column_and_affects_only_its_model(tmp_path
     assert "ltc-step3-dataset2" in published_bundles()
     assert "ltc-step3-dataset1" not in published_bundles()
     assert site_table_errors() == {"ltc-step3-dataset1": expected}
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match="line 4: column members") as error:
         load_predictor("ltc-step3-dataset1")
     assert str(error.value) == expected
     assert main(["zoo", "list"]) == 0  # every other model, CGCNN and LTC, is unaffected

@@ -62,13 +62,24 @@ def configured_limit(variable: str, default: float) -> float:
     return value
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file."""
+    """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file.
+
+    The file gets the mode a plain ``open()`` would give it (the umask's), not the temporary file's 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(Path(tmp))
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

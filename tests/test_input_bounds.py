@@ -87,3 +87,17 @@ def test_the_atom_bound_is_set_by_its_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("PARAISITE_MAX_ATOMS", "20")
     with pytest.raises(StructureFileError, match="27 atoms, more than the 20-atom limit"):
         read_input_structure(path)
+
+
+def test_a_cif_with_several_structures_is_refused_naming_its_blocks(tmp_path):
+    one = tmp_path / "one.cif"
+    simple_cubic(one, 2, spacing=2.35)
+    block = one.read_text()
+    assert block.count("data_") == 1
+    path = tmp_path / "two.cif"
+    path.write_text(block.replace("data_", "data_first", 1) + "\n" + block.replace("data_", "data_second", 1))
+    with pytest.raises(StructureFileError) as error:
+        read_input_structure(path)
+    assert str(error.value).startswith(f"{path}: holds 2 crystal structures (data blocks ")
+    assert "only the first would be predicted, so the file is refused" in str(error.value)
+    assert len(read_input_structure(one)) == 8  # one block: read as before

@@ -518,6 +518,26 @@ def read_cif(path: str | Path) -> Structure:
     return FastCifParser.from_str(text).parse_structures(primitive=False)[0]
 
 
+class CifBlocksError(ValueError):
+    """A CIF holding several crystal structures (data blocks with atom sites): only one per file is predicted."""
+
+
+def check_one_structure_block(parser: CifParser, source: str | Path) -> None:
+    """Refuse a CIF with more than one data block holding atom sites (pymatgen would read the first only).
+
+    Raises:
+        CifBlocksError: naming ``source`` and the blocks.
+    """
+    blocks = parser._cif.data  # type: ignore[attr-defined]  # set in from_str, unknown to its type information
+    names = [name for name, block in blocks.items() if "_atom_site_fract_x" in block.data]
+    if len(names) > 1:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise CifBlocksError(
+            f"{source}: holds {len(names)} crystal structures (data blocks {shown}); only the first would be "
+            "predicted, so the file is refused: split it into one file per block"
+        )
+
+
 class CifOccupancyError(ValueError):
     """A CIF site's occupancy is negative, above 1 or not a number; the message names the file and the site."""
 
@@ -556,6 +576,7 @@ def parse_user_cif(
     ``max_sites``/``max_images``: the limits of :func:`check_cif_size`, checked before any symmetry expansion.
 
     Raises:
+        CifBlocksError: more than one block with atom sites.
         CifOccupancyError: a bad occupancy.
         CifSizeError: a block over the limits.
     """
@@ -565,6 +586,7 @@ def parse_user_cif(
             raise CifSizeError(f"{source}: {len(structure)} atoms, more than the {max_sites}-atom limit")
         return structure
     parser = FastCifParser.from_str(text)
+    check_one_structure_block(parser, source)
     if max_sites is not None or max_images is not None:
         parser.limits = (str(source), max_sites or sys.maxsize, max_images or sys.maxsize)
     check_cif_occupancies(parser, source)

@@ -29,7 +29,7 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.core.periodic_table import DummySpecies
 
-from paraisite.data.cif import CifOccupancyError, CifSizeError, is_cif, parse_user_cif
+from paraisite.data.cif import CifBlocksError, CifOccupancyError, CifSizeError, is_cif, parse_user_cif
 from paraisite.data.sources import StructureFileError
 from paraisite.safety import MAX_STRUCTURE_BYTES, UnsafeFileError, configured_limit, read_limited
 
@@ -77,7 +77,7 @@ def read_input_structure(path: str | Path) -> Structure:
         warnings.simplefilter("always")
         try:
             structure = _parse(path, data)
-        except (CifOccupancyError, CifSizeError) as error:
+        except (CifBlocksError, CifOccupancyError, CifSizeError) as error:
             raise StructureFileError(str(error)) from None
         except Exception as error:
             altered = _altered(caught)

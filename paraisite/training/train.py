@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from paraisite.checkpoints import add_checkpoint_entries
 from paraisite.config import config_dir
@@ -46,6 +47,9 @@ from paraisite.training.builders import (
 from paraisite.training.checks import check_command_line, check_run_config
 
 log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by SIGTERM (128 + 15), after its record says so; it resumes when run again.
+SIGTERM_STATUS = 143
 
 
 def _metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -257,6 +261,11 @@ def _train_recording_failure(cfg: DictConfig, output_dir: Path) -> float:
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))
+    except SIGTERMException:  # Lightning stops the loop on SIGTERM with a SystemExit that would exit 0
+        message = f"stopped by SIGTERM; resumable from {output_dir / 'checkpoints' / 'last.ckpt'} (run it again)"
+        record.mark_failed(cfg, message, "")
+        log.error("run %s", message)
+        raise SystemExit(SIGTERM_STATUS) from None
     except Exception as error:
         output_dir.mkdir(parents=True, exist_ok=True)
         message = f"{type(error).__name__}: {error}"

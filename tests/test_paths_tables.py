@@ -3,14 +3,20 @@ regular file, and a bad row is reported with its line and column and affects onl
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 
 import pytest
 
 from paraisite.cli.main import main
+from paraisite.zoo import shipping
+from paraisite.zoo.bundle import MANIFEST
+from paraisite.zoo.files import MANIFEST_PINS, UnpinnedManifestError, check_pinned_manifest, manifest_pins
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.published import SITE_TABLE_ENV, TABLE_COLUMNS, published_bundles, site_table_errors
+from paraisite.zoo.shipping import SHIPPED_DIR
 
 GOOD = [
     "ltc-step3-dataset2",
@@ -75,3 +81,28 @@ def test_a_bad_row_names_its_line_and_column_and_affects_only_its_model(tmp_path
     assert str(error.value) == expected
     assert main(["zoo", "list"]) == 0  # every other model, CGCNN and LTC, is unaffected
     assert main(["zoo", "card", "cgcnn-band-gap"]) == 0
+
+
+def test_every_shipped_manifest_is_pinned_in_the_package():
+    manifests = sorted(SHIPPED_DIR.glob(f"*/{MANIFEST}"))
+    assert manifests
+    assert sorted(manifest_pins(SHIPPED_DIR)) == [path.parent.name for path in manifests]
+    for path in manifests:
+        check_pinned_manifest(path)
+
+
+def test_an_edited_shipped_manifest_is_refused_like_an_edited_member(tmp_path, monkeypatch):
+    name = "ltc-step2-dataset2"
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_DIR / name, models / name)
+    shutil.copyfile(SHIPPED_DIR / MANIFEST_PINS, models / MANIFEST_PINS)
+    monkeypatch.setattr(shipping, "SHIPPED_DIR", models)
+    assert load_predictor(name).name == name
+    manifest = json.loads((models / name / MANIFEST).read_text())
+    manifest["calibration"]["quantiles"]["0.95"] = 0.0001  # an interval collapsed to nothing
+    (models / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with pytest.raises(UnpinnedManifestError, match=f"{models / name / MANIFEST}: sha256 mismatch: .* pins "):
+        load_predictor(name)
+    (models / MANIFEST_PINS).write_text("")
+    with pytest.raises(UnpinnedManifestError, match=f"the shipped ensemble {name} is not pinned"):
+        load_predictor(name)

@@ -53,7 +53,7 @@ from paraisite.zoo.bundle import (
     manifest_head,
     parse_manifest,
 )
-from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE
+from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE, pin_manifest
 from paraisite.zoo.predictors import LTCPredictor, load_checkpoints
 
 log = logging.getLogger(__name__)
@@ -327,6 +327,8 @@ def ship_ensemble(
     }
     manifest_path = target / MANIFEST
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    if target.resolve().parent == SHIPPED_DIR:  # into the package: pinned there, so an edited manifest is refused
+        pin_manifest(manifest_path)
     return manifest_path
 
 

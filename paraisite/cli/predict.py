@@ -43,6 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=run_predict)
     scan = subparsers.add_parser("scan", help="resumable batch prediction of many files, ranked lowest first")
     _add_common(scan, default_output="scan.csv")
+    scan.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="try again the files whose rows in -o have an error (say, after fixing them); their rows are replaced",
+    )
     scan.set_defaults(func=run_scan)
 
 
@@ -125,7 +130,7 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    runner = partial(scan, locked=True) if scan_output else run_predictions
+    runner = partial(scan, locked=True, retry_errors=args.retry_errors) if scan_output else run_predictions
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"{predictor.name}", total=len(paths))
         summary = runner(
@@ -167,6 +172,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_scan(args: argparse.Namespace) -> int:
     """Predict (resuming, under an exclusive lock) into ``--output``, then write the ranking."""
+    from paraisite.zoo.scan import error_rows
+
     summary = _predict(args, scan_output=True)
-    Console(stderr=True).print(f"ranking (lowest first) -> {summary.ranked}")
+    console = Console(stderr=True)
+    console.print(f"ranking (lowest first) -> {summary.ranked}")
+    errors = error_rows(summary.output)
+    if errors:
+        console.print(
+            f"{errors} row(s) of {summary.output} have an error and are skipped when the scan is run again; "
+            "once the files are fixed, add --retry-errors to try them again"
+        )
     return _exit_code(summary)

@@ -242,8 +242,11 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
     return rows
 
 
-def finished_paths(output: Path, columns: list[str]) -> set[str]:
+def finished_paths(output: Path, columns: list[str], retry_errors: bool = False) -> set[str]:
     """Paths already in ``output``; a row cut off by an interruption is removed, after the header was checked.
+
+    ``retry_errors``: rows with an error are removed from ``output`` (rewritten whole) and their paths not returned,
+    so they are tried again.
 
     Raises:
         OutputError: the file is not a CSV with ``columns`` (another model or program wrote it); it is not modified.
@@ -269,8 +272,27 @@ def finished_paths(output: Path, columns: list[str]) -> set[str]:
         data = data[: data.rfind(b"\n") + 1]
         with open(output, "r+b") as stream:
             stream.truncate(len(data))
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
-    return {row["path"] for row in reader}
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    if retry_errors and any(row["error"] for row in rows):
+        kept = [row for row in rows if not row["error"]]
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as stream:
+                writer = csv.DictWriter(stream, columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(output, write)
+        rows = kept
+    return {row["path"] for row in rows}
+
+
+def error_rows(output: Path) -> int:
+    """Rows of ``output`` (a scan's CSV) that have an error."""
+    if not output.is_file():
+        return 0
+    with open(output, newline="") as stream:
+        return sum(bool(row.get("error")) for row in csv.DictReader(stream))
 
 
 @contextmanager
@@ -302,6 +324,7 @@ def run_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 0,
     resume: bool = False,
+    retry_errors: bool = False,
     max_percentile: float = DEFAULT_MAX_PERCENTILE,
     progress: Callable[[int], None] | None = None,
 ) -> PredictionSummary:
@@ -318,6 +341,7 @@ def run_predictions(
         batch_size: structures per model call (>= 1).
         workers: reader processes (0 or 1: read in this process).
         resume: keep ``output``'s rows and skip their paths.
+        retry_errors: with ``resume``, try again the paths whose rows have an error (those rows are replaced).
         max_percentile: ``in_domain`` threshold on ``latent_percentile``.
         progress: called with the number of files done after each batch (also once for the skipped ones).
 
@@ -329,7 +353,7 @@ def run_predictions(
     output = Path(output)
     check_output(output, paths)
     columns = output_columns(predictor)
-    done = finished_paths(output, columns) if resume else set()
+    done = finished_paths(output, columns, retry_errors) if resume else set()
     todo = [path for path in paths if path not in done]
     summary = PredictionSummary(output, len(paths), len(paths) - len(todo), 0, 0)
     if progress is not None and summary.already_done:

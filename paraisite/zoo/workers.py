@@ -80,6 +80,10 @@ FILE_SECONDS = 600.0
 LOOKAHEAD = 2
 #: Seconds a worker is given to exit when the pool closes before it is killed.
 EXIT_GRACE_S = 2.0
+#: Seconds a new worker may take to start (fork, receive and unpickle the model) before its first file.
+START_ALLOWANCE_S = 120.0
+#: Workers that may die in a row before starting a file; then the files they were given fail with the cause.
+MAX_START_FAILURES = 3
 
 Row = dict[str, Any]
 #: ``function(paths, at)``: the rows of ``paths`` in their order, calling ``at(i)`` before file ``i`` and
@@ -172,6 +176,7 @@ class WorkerPool:
     _pool: list[_Worker] = field(default_factory=list)
     _retry: deque[_Task] = field(default_factory=deque)
     _rows: dict[int, dict[str, Row]] = field(default_factory=dict)
+    _start_failures: int = 0
 
     def _start(self) -> _Worker:
         context: Any = multiprocessing.get_context(WORKER_START_METHOD)
@@ -246,6 +251,8 @@ class WorkerPool:
                 self._lost(worker, signal_cause(worker.process.exitcode))
 
     def _allowance(self, worker: _Worker) -> float:
+        if worker.position < 0:
+            return max(self.file_seconds, START_ALLOWANCE_S)
         if worker.task is not None and worker.position >= len(worker.task.paths):
             return self.file_seconds * max(1, len(worker.task.paths))
         return self.file_seconds
@@ -257,6 +264,7 @@ class WorkerPool:
             return
         if kind == "at":
             worker.position, worker.since = int(value), time.monotonic()
+            self._start_failures = 0
             return
         if kind == "rows":
             self._rows.setdefault(task.chunk, {}).update((row["path"], row) for row in value)
@@ -278,7 +286,13 @@ class WorkerPool:
                 self._start()
             return
         paths = task.paths
-        if 0 <= worker.position < len(paths):
+        self._start_failures = self._start_failures + 1 if worker.position < 0 else 0
+        if worker.position < 0 and self._start_failures < MAX_START_FAILURES:
+            self._retry.appendleft(task)  # it died starting: the files are not to blame yet
+        elif worker.position < 0:
+            for path in paths:
+                self._store(task.chunk, path, f"{path}: {cause} while starting, {MAX_START_FAILURES} times in a row")
+        elif worker.position < len(paths):
             culprit = paths[worker.position]
             self._store(task.chunk, culprit, f"{culprit}: {cause} while it read this file or built its graph")
             rest = [path for path in paths if path != culprit]

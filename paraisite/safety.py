@@ -11,6 +11,8 @@ One place for the rules every reader applies:
   contents, whose decompressed size is what is limited: a decompression bomb is cut off at the limit).
 - :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
 - :func:`exclusive_lock`: one process at a time (one writer of a scan's CSV, one trainer of a job).
+- :func:`configured_limit`: a cost bound's value, its default overridden by an environment variable
+  (``docs/limits.md`` lists them).
 
 Everything here is cheap and has no heavy imports, so it can run on every load.
 """
@@ -38,13 +40,46 @@ MAX_CHECKPOINT_BYTES = 2 * 1024**3
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
 
 
+class LimitSettingError(ValueError):
+    """An environment variable that sets a limit holds something other than a positive number."""
+
+
+def configured_limit(variable: str, default: float) -> float:
+    """The limit ``variable`` sets in the environment (a positive number), else ``default``.
+
+    Raises:
+        LimitSettingError: naming the variable and its value.
+    """
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise LimitSettingError(f"{variable}={text!r}: a limit must be a positive finite number (see docs/limits.md)")
+    return value
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file."""
+    """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file.
+
+    The file gets the mode a plain ``open()`` would give it (the umask's), not the temporary file's 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(Path(tmp))
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -5,7 +5,8 @@ files: it appends each batch as it goes to its progress log ``<out stem>.progres
 exclusive lock (``<out>.lock``, removed at the end: a second scan on the same output is refused), resumes an
 interrupted run from that log without repeating finished files, and writes the ranking (lowest first) to ``-o``.
 Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1 and ``--workers`` below 0.
-Both exit 1 when every file tried failed (the error rows are still written).
+Both exit 1 when every file tried failed (the error rows are still written), 3 when a worker process died or passed
+the per-file time limit on some files (``PARAISITE_FILE_SECONDS``).
 See :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
 
 This module imports nothing heavy at the top: it finds the files and starts the workers' fork server first.
@@ -47,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "<out stem>.progress.csv the rows as they are predicted",
     )
     _add_common(scan, default_output="scan.csv")
+    scan.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="try again the files whose rows in -o have an error (say, after fixing them); their rows are replaced",
+    )
     scan.set_defaults(func=run_scan)
 
 
@@ -147,7 +153,7 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    runner = partial(scan, locked=True) if scan_output else run_predictions
+    runner = partial(scan, locked=True, retry_errors=args.retry_errors) if scan_output else run_predictions
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"{predictor.name}", total=len(paths))
         summary = runner(
@@ -164,8 +170,18 @@ def _load_and_run(args: argparse.Namespace, paths: list[str], scan_output: bool)
     return summary
 
 
+#: Exit status when a worker process died or ran out of time on some files (the other rows are written).
+LOST_FILES_STATUS = 3
+
+
 def _exit_code(summary: PredictionSummary) -> int:
-    """1 when every file tried in this run failed (their error rows are written), else 0."""
+    """1 when every file tried in this run failed, 3 when a worker died on some (error rows are written), else 0."""
+    if summary.lost and summary.predicted:
+        Console(stderr=True).print(
+            f"{summary.lost} file(s) lost to a worker process that died or passed the per-file time limit: "
+            f"see the error column of {summary.output}"
+        )
+        return LOST_FILES_STATUS
     if summary.failed and not summary.predicted:
         Console(stderr=True).print(f"every file failed ({summary.failed}): see the error column of {summary.output}")
         return 1
@@ -179,8 +195,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_scan(args: argparse.Namespace) -> int:
     """Predict (resuming, under an exclusive lock) into ``--output``, then write the ranking."""
+    from paraisite.zoo.scan import error_rows
+
     summary = _predict(args, scan_output=True)
-    Console(stderr=True).print(
-        f"ranking (lowest first) -> {summary.ranked}; rows as predicted (resumable) in {summary.output}"
-    )
+    console = Console(stderr=True)
+    console.print(f"ranking (lowest first) -> {summary.ranked}; rows as predicted (resumable) in {summary.output}")
+    errors = error_rows(summary.output)
+    if errors:
+        console.print(
+            f"{errors} row(s) of {summary.output} have an error and are skipped when the scan is run again; "
+            "once the files are fixed, add --retry-errors to try them again"
+        )
     return _exit_code(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -21,9 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_save(args: argparse.Namespace) -> int:
-    """Save; print each job with its epoch and size."""
+    """Save; print each job with its epoch and size. A missing sweep folder is an error (exit 1)."""
     from paraisite.training.resume_state import ResumeStateError, save_resume_state  # torch: only when run
 
+    if not args.sweep_dir.is_dir():
+        print(f"paraisite state save: error: {args.sweep_dir}: no such sweep folder", file=sys.stderr)
+        return 1
     try:
         saved = save_resume_state(args.sweep_dir, args.state_dir)
     except ResumeStateError as error:
@@ -38,12 +42,18 @@ def run_save(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    """Restore; print what was restored and what was kept."""
-    from paraisite.training.resume_state import restore_resume_state
+    """Restore; print what was restored, skipped and refused. Exit 1 for a wrong state or any refused job."""
+    from paraisite.training.resume_state import ResumeStateError, restore_resume_state
 
-    restored, skipped = restore_resume_state(args.state_dir, args.sweep_dir)
-    for job in restored:
+    try:
+        report = restore_resume_state(args.state_dir, args.sweep_dir)
+    except ResumeStateError as error:
+        print(f"paraisite state restore: error: {error}", file=sys.stderr)
+        return 1
+    for job in report.restored:
         print(f"restored {job.relative}: resumes at epoch {job.epoch}")
-    for reason in skipped:
+    for reason in report.skipped:
         print(f"skipped {reason}")
-    return 0
+    for reason in report.refused:
+        print(f"paraisite state restore: refused {reason}", file=sys.stderr)
+    return 1 if report.refused else 0

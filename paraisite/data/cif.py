@@ -21,10 +21,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from monty.io import zopen
@@ -69,11 +70,14 @@ def _first_unique(images: np.ndarray, tolerance: float, kept: np.ndarray | None 
     return np.asarray(chosen, dtype=int)
 
 
-def _expand(affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+def _expand(
+    affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: float, max_kept: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of ``coords`` under the operations ``affine`` (``[K, 4, 4]``), wrapped into [0, 1), and the kept ones.
 
     Returns ``(images, chosen)``: ``images[s * K + k]`` is site ``s`` under operation ``k`` (``x - floor(x)``, as
-    pymatgen wraps), ``chosen`` the indices pymatgen's first-come rule keeps, in its order.
+    pymatgen wraps), ``chosen`` the indices pymatgen's first-come rule keeps, in its order. Past ``max_kept`` kept
+    positions the site-by-site de-duplication stops (the result is then too large anyway and is refused).
     """
     images = np.stack([(affine @ np.array([*site, 1.0]))[:, :3] for site in coords]).reshape(-1, 3)
     images = images - np.floor(images)
@@ -85,11 +89,62 @@ def _expand(affine: np.ndarray, coords: Sequence[Sequence[float]], tolerance: fl
         part = offset + _first_unique(images[offset : offset + len(affine)], tolerance, kept)
         chosen_parts.append(part)
         kept = np.concatenate([kept, images[part]])
+        if max_kept is not None and len(kept) > max_kept:
+            break
     return images, np.concatenate(chosen_parts)
 
 
+#: Symmetry operations of the largest space groups (Fm-3m and the like): the upper bound for a CIF naming its group.
+MAX_GROUP_OPERATIONS = 192
+
+
+class CifSizeError(Exception):
+    """A CIF whose sites x symmetry operations exceed a limit, refused before its symmetry is expanded.
+
+    Not a ``ValueError``: pymatgen turns those into a warning and goes on with the next block.
+    """
+
+
+def check_cif_size(sites: int, operations: int, source: str | Path, max_sites: int, max_images: int) -> None:
+    """Refuse ``sites`` (of a block) or ``sites x operations`` (atom positions before merging) above the limits.
+
+    Raises:
+        CifSizeError: naming ``source``, the counts and the limit with the variable that sets it.
+    """
+    if sites > max_sites:
+        raise CifSizeError(
+            f"{source}: {sites} sites, more than the {max_sites}-atom limit (PARAISITE_MAX_ATOMS, docs/limits.md)"
+        )
+    if sites * operations > max_images:
+        raise CifSizeError(
+            f"{source}: {sites} sites x {operations} symmetry operations = {sites * operations} atom positions to "
+            f"expand, more than the {max_images} limit (PARAISITE_MAX_CIF_IMAGES, docs/limits.md); "
+            "refused before the expansion"
+        )
+
+
 class FastCifParser(CifParser):
-    """``CifParser`` whose symmetry expansion is vectorised; results are identical to the parent's."""
+    """``CifParser`` whose symmetry expansion is vectorised; results are identical to the parent's.
+
+    With :attr:`limits` set (``(source, max_sites, max_images)``), each block's sites and sites x symmetry
+    operations (summed over the blocks) are checked by :func:`check_cif_size` before its operations are parsed.
+    """
+
+    limits: tuple[str, int, int] | None = None
+    _images_seen: int = 0
+    _atoms_kept: int = 0
+
+    def get_symops(self, data: Any) -> list[SymmOp]:
+        """The symmetry operations pymatgen reads from a block, after the size check (see the class doc)."""
+        if self.limits is not None:
+            source, max_sites, max_images = self.limits
+            columns = [value for key, value in data.data.items() if key.startswith("_atom_site_")]
+            sites = max((len(value) for value in columns if isinstance(value, list)), default=1)
+            explicit = next((data.data[key] for key in _SYMMETRY_KEYS if key in data.data), None)
+            operations = len(explicit) if isinstance(explicit, list) else MAX_GROUP_OPERATIONS
+            check_cif_size(sites, operations, source, max_sites, max_images - self._images_seen)
+            self._images_seen += sites * operations
+        return super().get_symops(data)
 
     def _unique_coords(
         self,
@@ -105,7 +160,14 @@ class FastCifParser(CifParser):
         labels = labels or {}
         affine = np.stack([op.affine_matrix for op in operations])
         tolerance = self._site_tolerance  # type: ignore[attr-defined]  # set by CifParser.from_str
-        images, chosen = _expand(affine, coords, tolerance)
+        max_kept = None if self.limits is None else self.limits[1] - self._atoms_kept
+        images, chosen = _expand(affine, coords, tolerance, max_kept)
+        self._atoms_kept += len(chosen)
+        if self.limits is not None and self._atoms_kept > self.limits[1]:
+            raise CifSizeError(
+                f"{self.limits[0]}: more than {self.limits[1]} atoms after the symmetry expansion "
+                "(PARAISITE_MAX_ATOMS, docs/limits.md)"
+            )
         labels_out = [labels.get(coords[index // len(operations)], "no_label") for index in chosen]
         return list(images[chosen]), [Magmom(0)] * len(chosen), labels_out
 
@@ -339,16 +401,17 @@ def _stoichiometry_notes(items: dict[str, str | list[str]], counts: dict[str, fl
     return []
 
 
-def fast_cif_structure(text: str) -> Structure | None:
+def fast_cif_structure(text: str, max_images: int | None = None) -> Structure | None:
     """The structure ``FastCifParser.from_str(text).parse_structures(primitive=False)[0]`` gives, or None.
 
     Reads a one-block CIF whose sites are all fully occupied by one known element each, with explicit ``x,y,z``
     symmetry operations, where no two sites are symmetry images of one another; emits the same "Issues encountered"
     warning pymatgen would. Anything else (disorder, oxidation states, magnetic or multi-block CIFs, uncommon
-    syntax, a CIF pymatgen would warn about or refuse) gives None, and the caller lets pymatgen read it.
+    syntax, a CIF pymatgen would warn about or refuse) gives None, and the caller lets pymatgen read it. So does one
+    of more than ``max_images`` sites x symmetry operations (pymatgen's path refuses it when given the limit).
     """
     try:
-        structure, notes = _fast_structure(text)
+        structure, notes = _fast_structure(text, max_images)
     except Exception:  # _NotUnderstoodError, or anything unforeseen: pymatgen's reader decides
         return None
     if notes:
@@ -356,7 +419,7 @@ def fast_cif_structure(text: str) -> Structure | None:
     return structure
 
 
-def _fast_structure(text: str) -> tuple[Structure, list[str]]:
+def _fast_structure(text: str, max_images: int | None = None) -> tuple[Structure, list[str]]:
     """The structure of :func:`fast_cif_structure` and the notes of pymatgen's warning (none: no warning)."""
     items = _block_items(text)
     keys = "\n".join(items)
@@ -403,6 +466,8 @@ def _fast_structure(text: str) -> tuple[Structure, list[str]]:
     xyz = next((items[key] for key in _SYMMETRY_KEYS if items.get(key)), None)
     if not isinstance(xyz, list):
         raise _NotUnderstoodError  # a space group by name or number, a 1-line operation, or none: pymatgen's rules
+    if max_images is not None and count * len(xyz) > max_images:
+        raise _NotUnderstoodError  # refused by the size check of pymatgen's path, before anything is expanded
     affine = _operations(tuple(xyz))
     if count * count * len(affine) > _MAX_MERGE_TABLE:
         raise _NotUnderstoodError
@@ -453,6 +518,26 @@ def read_cif(path: str | Path) -> Structure:
     return FastCifParser.from_str(text).parse_structures(primitive=False)[0]
 
 
+class CifBlocksError(ValueError):
+    """A CIF holding several crystal structures (data blocks with atom sites): only one per file is predicted."""
+
+
+def check_one_structure_block(parser: CifParser, source: str | Path) -> None:
+    """Refuse a CIF with more than one data block holding atom sites (pymatgen would read the first only).
+
+    Raises:
+        CifBlocksError: naming ``source`` and the blocks.
+    """
+    blocks = parser._cif.data  # type: ignore[attr-defined]  # set in from_str, unknown to its type information
+    names = [name for name, block in blocks.items() if "_atom_site_fract_x" in block.data]
+    if len(names) > 1:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise CifBlocksError(
+            f"{source}: holds {len(names)} crystal structures (data blocks {shown}); only the first would be "
+            "predicted, so the file is refused: split it into one file per block"
+        )
+
+
 class CifOccupancyError(ValueError):
     """A CIF site's occupancy is negative, above 1 or not a number; the message names the file and the site."""
 
@@ -483,11 +568,26 @@ def check_cif_occupancies(parser: CifParser, source: str | Path) -> None:
                 raise CifOccupancyError(f"{source}: site {label}: occupancy {text} is outside [0, 1]")
 
 
-def parse_user_cif(text: str, source: str | Path) -> Structure:
-    """The first structure of a CIF text from a user: :func:`check_cif_occupancies`, then :class:`FastCifParser`."""
-    structure = fast_cif_structure(text)  # its CIFs have all occupancies 1, which the check accepts
+def parse_user_cif(
+    text: str, source: str | Path, max_sites: int | None = None, max_images: int | None = None
+) -> Structure:
+    """The first structure of a CIF text from a user: :func:`check_cif_occupancies`, then :class:`FastCifParser`.
+
+    ``max_sites``/``max_images``: the limits of :func:`check_cif_size`, checked before any symmetry expansion.
+
+    Raises:
+        CifBlocksError: more than one block with atom sites.
+        CifOccupancyError: a bad occupancy.
+        CifSizeError: a block over the limits.
+    """
+    structure = fast_cif_structure(text, max_images)  # its CIFs have all occupancies 1, which the check accepts
     if structure is not None:
+        if max_sites is not None and len(structure) > max_sites:  # the fast path expanded at most max_images
+            raise CifSizeError(f"{source}: {len(structure)} atoms, more than the {max_sites}-atom limit")
         return structure
     parser = FastCifParser.from_str(text)
+    check_one_structure_block(parser, source)
+    if max_sites is not None or max_images is not None:
+        parser.limits = (str(source), max_sites or sys.maxsize, max_images or sys.maxsize)
     check_cif_occupancies(parser, source)
     return parser.parse_structures(primitive=False)[0]

@@ -11,6 +11,9 @@ never a silently different crystal:
 - **Crystal** (:func:`validate_structure`): known elements only, each site fully occupied by one species (no
   vacancies, no mixing), finite coordinates and lattice, a cell volume of at least :data:`MIN_VOLUME_PER_ATOM` per
   atom, no two atoms (periodic images included) closer than :data:`MIN_DISTANCE`, at most :data:`MAX_ATOMS` atoms.
+- **Cost**, bounded before it is spent (``docs/limits.md``): a CIF's sites x symmetry operations before the symmetry
+  is expanded (:data:`MAX_CIF_IMAGES`), and the neighbour pairs of the graph, estimated from the atoms and the
+  density before any neighbour list is built (:data:`MAX_GRAPH_EDGES`).
 
 Training data are read by :mod:`paraisite.data.sources` (verified upstream files) and are not changed by this module.
 """
@@ -26,16 +29,24 @@ import numpy as np
 from pymatgen.core import Structure
 from pymatgen.core.periodic_table import DummySpecies
 
-from paraisite.data.cif import CifOccupancyError, is_cif, parse_user_cif
+from paraisite.data.cif import CifBlocksError, CifOccupancyError, CifSizeError, is_cif, parse_user_cif
 from paraisite.data.sources import StructureFileError
-from paraisite.safety import MAX_STRUCTURE_BYTES, UnsafeFileError, read_limited
+from paraisite.safety import MAX_STRUCTURE_BYTES, UnsafeFileError, configured_limit, read_limited
 
 #: Closest two atoms may be (Å); the shortest real bond (H2) is 0.74 Å.
 MIN_DISTANCE = 0.5
 #: Smallest cell volume per atom (Å^3); the densest solids have about 5.
 MIN_VOLUME_PER_ATOM = 1.0
-#: Most atoms in one structure.
+#: Most atoms in one structure (``PARAISITE_MAX_ATOMS``).
 MAX_ATOMS = 10_000
+#: Most atom positions a CIF's symmetry expansion may make: sites x symmetry operations, summed over its blocks
+#: (``PARAISITE_MAX_CIF_IMAGES``); checked before expanding (1,000 general sites of a cubic group took 10 minutes).
+MAX_CIF_IMAGES = 20_000
+#: Most neighbour pairs a structure's graph may have, estimated before it is built (``PARAISITE_MAX_GRAPH_EDGES``):
+#: about 10 kB each when a 9-member MEGNet ensemble predicts (1.4 GB for 137,000 pairs, measured).
+MAX_GRAPH_EDGES = 800_000
+#: Cutoff (Å) of the estimate: the largest radius-graph cutoff of paraisite's backbones.
+GRAPH_REFERENCE_CUTOFF = 5.0
 #: Compressions pymatgen would open without a size limit: refused.
 UNBOUNDED_COMPRESSIONS = (".bz2", ".xz", ".lzma", ".z", ".zst")
 #: Fragments of pymatgen warnings that mean the structure read is not the one in the file.
@@ -66,7 +77,7 @@ def read_input_structure(path: str | Path) -> Structure:
         warnings.simplefilter("always")
         try:
             structure = _parse(path, data)
-        except CifOccupancyError as error:
+        except (CifBlocksError, CifOccupancyError, CifSizeError) as error:
             raise StructureFileError(str(error)) from None
         except Exception as error:
             altered = _altered(caught)
@@ -84,7 +95,8 @@ def read_input_structure(path: str | Path) -> Structure:
 
 def _parse(path: Path, data: bytes) -> Structure:
     if is_cif(path):
-        return parse_user_cif(data.decode("utf-8", errors="replace"), path)
+        max_atoms, max_images = max_atoms_limit(), int(configured_limit("PARAISITE_MAX_CIF_IMAGES", MAX_CIF_IMAGES))
+        return parse_user_cif(data.decode("utf-8", errors="replace"), path, max_atoms, max_images)
     name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
     with tempfile.TemporaryDirectory(prefix="paraisite-input-") as folder:
         copy = Path(folder) / name  # the (decompressed) bytes under the same name: pymatgen picks the format by name
@@ -113,6 +125,16 @@ def _cif_issues(caught: list[warnings.WarningMessage]) -> str | None:
     return None
 
 
+def max_atoms_limit() -> int:
+    """:data:`MAX_ATOMS`, or what ``PARAISITE_MAX_ATOMS`` sets."""
+    return int(configured_limit("PARAISITE_MAX_ATOMS", MAX_ATOMS))
+
+
+def estimated_edges(count: int, volume: float, cutoff: float = GRAPH_REFERENCE_CUTOFF) -> float:
+    """Neighbour pairs within ``cutoff`` of ``count`` atoms in a cell of ``volume`` (Å^3), at its mean density."""
+    return count * (count / volume) * 4 / 3 * np.pi * cutoff**3
+
+
 def validate_structure(structure: Structure, source: str | Path) -> None:
     """Refuse a structure that is no real, ordered crystal (see the module docstring); errors name ``source``.
 
@@ -122,8 +144,11 @@ def validate_structure(structure: Structure, source: str | Path) -> None:
     count = len(structure)
     if count == 0:
         raise StructureFileError(f"{source}: the file holds no atoms")
-    if count > MAX_ATOMS:
-        raise StructureFileError(f"{source}: {count} atoms, more than the {MAX_ATOMS}-atom limit")
+    max_atoms = max_atoms_limit()
+    if count > max_atoms:
+        raise StructureFileError(
+            f"{source}: {count} atoms, more than the {max_atoms}-atom limit (PARAISITE_MAX_ATOMS, docs/limits.md)"
+        )
     for index, site in enumerate(structure):
         for species, amount in site.species.items():
             if isinstance(species, DummySpecies):
@@ -146,6 +171,14 @@ def validate_structure(structure: Structure, source: str | Path) -> None:
         raise StructureFileError(
             f"{source}: cell volume {volume:.4g} A^3 for {count} atoms is (near) zero "
             f"(less than {MIN_VOLUME_PER_ATOM} A^3 per atom)"
+        )
+    edges = estimated_edges(count, volume)
+    max_edges = configured_limit("PARAISITE_MAX_GRAPH_EDGES", MAX_GRAPH_EDGES)
+    if edges > max_edges:
+        raise StructureFileError(
+            f"{source}: {count} atoms at {count / volume:.3g} atoms/A^3 make about {edges:,.0f} neighbour pairs within "
+            f"{GRAPH_REFERENCE_CUTOFF:g} A, more than the {max_edges:,.0f} limit on the graph's size "
+            "(PARAISITE_MAX_GRAPH_EDGES, docs/limits.md); refused before building it"
         )
     if not _may_overlap(structure):
         return

@@ -14,14 +14,20 @@ by about 10 %. Restoring decompresses them (bounded like any checkpoint); states
 from __future__ import annotations
 
 import lzma
+import os
 import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from paraisite.checkpoints import load_checkpoint
-from paraisite.record import RunRecord, process_alive, run_label
-from paraisite.safety import MAX_CHECKPOINT_BYTES, atomic_write, read_limited
-from paraisite.training.record import read_status
+import torch
+
+from paraisite.checkpoints import CheckpointTrustError, load_checkpoint
+from paraisite.record import RunRecord, RunRecordError, process_alive, read_run_record, run_label
+from paraisite.safety import UnsafeFileError, atomic_write, check_regular_file, configured_limit, exclusive_lock
+from paraisite.training.record import LOCK_NAME, read_status
 
 #: Record files of a job: an ensemble job's, a single run's.
 RECORD_FILES = ("ensemble.json", "metrics.json")
@@ -108,17 +114,6 @@ def _save(source: Path, target: Path) -> Path:
     return packed
 
 
-def _restore(source: Path, target: Path) -> None:
-    """Copy ``source`` from a state folder to ``target``, decompressing a ``.ckpt.xz`` to ``.ckpt``."""
-    if not source.name.endswith(".ckpt" + COMPRESSED):
-        _copy(source, target)
-        return
-    data = read_limited(source, MAX_CHECKPOINT_BYTES, what="checkpoint", compressed=(COMPRESSED,))
-    unpacked = target.with_name(target.name[: -len(COMPRESSED)])
-    unpacked.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(unpacked, lambda tmp: tmp.write_bytes(data))
-
-
 def save_resume_state(sweep: Path, destination: Path) -> list[SavedJob]:
     """Copy the resume state of every interrupted run of ``sweep`` into ``destination`` (same relative paths).
 
@@ -137,28 +132,220 @@ def save_resume_state(sweep: Path, destination: Path) -> list[SavedJob]:
     return saved
 
 
-def restore_resume_state(state: Path, sweep: Path) -> tuple[list[SavedJob], list[str]]:
-    """Copy a saved resume state back into ``sweep``; returns the restored jobs and why others were skipped.
+#: Largest file a state may restore, checkpoints decompressed (``PARAISITE_MAX_STATE_BYTES``): a 9-member MEGNet
+#: AFLOW job's last.ckpt is 52 MB.
+MAX_STATE_BYTES = 1024**3
+#: Largest record, config or curve file in a state folder.
+MAX_STATE_TEXT_BYTES = 64 * 1024**2
+#: Bytes decompressed at a time.
+_CHUNK = 1024**2
 
-    A job is skipped, not overwritten, when the sweep already holds it further on: completed, or with a
-    ``last.ckpt`` at the same or a later epoch.
+
+@dataclass
+class RestoreReport:
+    """What :func:`restore_resume_state` did: jobs restored, skipped (further on here) and refused (with why)."""
+
+    restored: list[SavedJob]
+    skipped: list[str]
+    refused: list[str]
+
+
+def check_state_tree(state: Path) -> None:
+    """Refuse a state folder holding links or anything but folders and regular files (nothing is followed).
+
+    Raises:
+        ResumeStateError: naming the first such entry.
     """
-    restored, skipped = [], []
-    for job, record in interrupted_jobs(state):
+    if not state.is_dir() or state.is_symlink():
+        raise ResumeStateError(f"{state}: no such folder (a folder written by `paraisite state save`)")
+    for folder, names, files in os.walk(state, followlinks=False):
+        for name in [*names, *files]:
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise ResumeStateError(f"{path}: a link in the state folder; nothing was restored (links are refused)")
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise ResumeStateError(f"{path}: not a regular file (a FIFO, socket or device); nothing was restored")
+
+
+def state_jobs(state: Path) -> list[tuple[Path, RunRecord]]:
+    """The interrupted jobs of a state folder; a last.ckpt beside a record that cannot be read is an error.
+
+    Raises:
+        ResumeStateError: a job's record is missing or unreadable, or the state holds no interrupted job.
+    """
+    jobs = []
+    lasts = [*state.glob("**/checkpoints/last.ckpt"), *state.glob("**/checkpoints/last.ckpt" + COMPRESSED)]
+    for job in sorted({last.parent.parent for last in lasts}):
+        names = [name for name in RECORD_FILES if (job / name).is_file()]
+        if not names:
+            raise ResumeStateError(f"{job}: a last.ckpt without a record ({' or '.join(RECORD_FILES)})")
+        try:
+            check_regular_file(job / names[0], MAX_STATE_TEXT_BYTES, what="record")
+            record = read_run_record(job / names[0])
+        except (RunRecordError, UnsafeFileError) as error:
+            raise ResumeStateError(f"cannot restore: {error}") from None
+        if record.status != "completed":
+            jobs.append((job, record))
+    if not jobs:
+        raise ResumeStateError(f"{state}: no interrupted job with a last.ckpt (a folder written by `state save`?)")
+    return jobs
+
+
+def _unpack(source: Path, target: Path, limit: int) -> None:
+    """``source`` (a ``.xz`` decompressed) written to ``target``, refused past ``limit`` bytes."""
+    try:
+        check_regular_file(source, limit, what="state file")
+    except UnsafeFileError as error:
+        raise ResumeStateError(f"{error}; nothing was restored") from None
+    packed = source.name.endswith(COMPRESSED)
+    opener = lzma.open if packed else open
+    written = 0
+    try:
+        with opener(source, "rb") as stream, open(target, "wb") as out:
+            while chunk := stream.read(_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise ResumeStateError(
+                        f"{source}: decompresses to more than {limit} bytes (PARAISITE_MAX_STATE_BYTES); "
+                        "nothing was restored"
+                    )
+                out.write(chunk)
+    except (lzma.LZMAError, EOFError) as error:
+        raise ResumeStateError(f"{source}: not a readable xz file ({error}); nothing was restored") from None
+
+
+def _rebase(checkpoint: Path, job: Path, *, single: bool) -> int:
+    """Check a ``last.ckpt``'s epoch; for a ``single`` run, point its checkpoint-callback paths at ``job``'s folder.
+
+    Returns the epoch.
+
+    Lightning's ModelCheckpoint forgets its best score when the folder it saved from differs from the one it
+    resumes in, and then overwrites ``best.ckpt`` with the next epoch, however worse.
+
+    Raises:
+        ResumeStateError: the epoch written in the checkpoint disagrees with its own loop counters.
+    """
+    content = load_checkpoint(checkpoint)
+    epoch = content.get("epoch")
+    progress = (content.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    if not isinstance(epoch, int) or epoch < 0 or epoch != progress.get("completed", epoch):
+        raise ResumeStateError(
+            f"{checkpoint}: its epoch {epoch!r} disagrees with its loop counters ({progress}); nothing was restored"
+        )
+    folder = os.path.realpath(job / "checkpoints")
+    changed = False
+    for callback in (content.get("callbacks") or {}).values() if single else ():
+        old = callback.get("dirpath") if isinstance(callback, dict) else None
+        if not isinstance(old, str) or old == folder:
+            continue
+
+        def moved(path: Any, old: str = old) -> Any:
+            return folder + path[len(old) :] if isinstance(path, str) and path.startswith(old) else path
+
+        for key in ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in callback:
+                callback[key] = moved(callback[key])
+        if isinstance(callback.get("best_k_models"), dict):
+            callback["best_k_models"] = {moved(key): value for key, value in callback["best_k_models"].items()}
+        changed = True
+    if changed:
+        torch.save(content, checkpoint)
+    return epoch
+
+
+def _target_problem(target: Path, record: RunRecord, epoch: int) -> tuple[str, str] | None:
+    """(``"skipped"`` or ``"refused"``, why) when ``target`` must not receive the saved job; ``None`` if it may."""
+    names = [name for name in RECORD_FILES if (target / name).is_file()]
+    if names:
+        try:
+            current = read_run_record(target / names[0])
+        except RunRecordError as error:
+            return "refused", f"{error.path} cannot be read ({error.problem}); not overwritten"
+        if current.status == "completed":
+            return "skipped", "completed there; nothing restored"
+        if current.status == "running" and process_alive(current.pid, current.started):
+            return "refused", f"process {current.pid} is training it there (its record says running)"
+        if current.config_sha256 != record.config_sha256:
+            return "refused", (
+                f"it holds another config there (sha256 {str(current.config_sha256)[:12]}, the state "
+                f"{str(record.config_sha256)[:12]}); restore into another sweep folder"
+            )
+    if (target / "checkpoints" / "last.ckpt").is_file():
+        there = checkpoint_epoch(target / "checkpoints" / "last.ckpt")
+        if there >= epoch:
+            return "skipped", f"{target.parent} is at epoch {there}, the saved state at {epoch}; kept the newer"
+    return None
+
+
+def restore_resume_state(state: Path, sweep: Path) -> RestoreReport:
+    """Put a saved resume state back into ``sweep``, each job whole or not at all.
+
+    The state folder may hold only folders and regular files (:func:`check_state_tree`), and every job a readable
+    record (:func:`state_jobs`). For each job, under its training lock: a job being trained, or holding another
+    config, is refused; one completed or further on is skipped. Its files are then unpacked into a temporary folder
+    (each bounded by ``PARAISITE_MAX_STATE_BYTES``), checked (checkpoints load weights-only, the epoch agrees with
+    the loop counters, a single run's checkpoint callback is pointed at its new folder) and only then moved into
+    place.
+
+    Raises:
+        ResumeStateError: the state folder is missing, empty, holds a link or non-regular file, or a job of it is
+            malformed or corrupt (nothing of that job was written).
+    """
+    check_state_tree(state)
+    limit = int(configured_limit("PARAISITE_MAX_STATE_BYTES", MAX_STATE_BYTES))
+    report = RestoreReport([], [], [])
+    for job, record in state_jobs(state):
         relative = job.relative_to(state)
         target = sweep / relative
-        epoch = checkpoint_epoch(_last_checkpoint(job))
-        current = _record(target)
-        if current is not None and current.status == "completed":
-            skipped.append(f"{relative}: completed in {sweep}; nothing restored")
-            continue
-        if (target / "checkpoints" / "last.ckpt").is_file():
-            there = checkpoint_epoch(target / "checkpoints" / "last.ckpt")
-            if there >= epoch:
-                skipped.append(f"{relative}: {sweep} is at epoch {there}, the saved state at {epoch}; kept the newer")
+        with exclusive_lock(target / LOCK_NAME) as holder:
+            if holder is not None:
+                report.refused.append(f"{relative}: process {holder or 'unknown'} is training it in {sweep}")
                 continue
-        files = _job_files(job, record)
-        for path in files:
-            _restore(path, sweep / path.relative_to(state))
-        restored.append(SavedJob(relative, epoch, tuple(p.relative_to(state) for p in files)))
-    return restored, skipped
+            epoch = _staged_restore(job, record, state, sweep, limit, report)
+            if epoch is not None:
+                files = _job_files(job, record)
+                report.restored.append(SavedJob(relative, epoch, tuple(p.relative_to(state) for p in files)))
+    return report
+
+
+def _staged_restore(
+    job: Path, record: RunRecord, state: Path, sweep: Path, limit: int, report: RestoreReport
+) -> int | None:
+    """Unpack and check ``job`` in a temporary folder of ``sweep``, then move it into place; its epoch, or None."""
+    relative = job.relative_to(state)
+    sweep.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".paraisite-restore-", dir=sweep))
+    try:
+        staged = []
+        for path in _job_files(job, record):
+            name = path.relative_to(state)
+            if name.name.endswith(COMPRESSED):
+                name = name.with_name(name.name[: -len(COMPRESSED)])
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = path.suffix not in (".ckpt", COMPRESSED)
+            _unpack(path, target, MAX_STATE_TEXT_BYTES if text else limit)
+            staged.append(name)
+        try:
+            last = staging / relative / "checkpoints" / "last.ckpt"
+            epoch = _rebase(last, sweep / relative, single=not record.seeds)
+            for name in staged:
+                if name.suffix == ".ckpt" and name != relative / "checkpoints" / "last.ckpt":
+                    load_checkpoint(staging / name)
+        except (CheckpointTrustError, UnsafeFileError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            if isinstance(error, ResumeStateError):
+                raise
+            raise ResumeStateError(f"{job}: a checkpoint does not load ({error}); nothing was restored") from None
+        problem = _target_problem(sweep / relative, record, epoch)
+        if problem is not None:
+            kind, why = problem
+            (report.skipped if kind == "skipped" else report.refused).append(f"{relative}: {why}")
+            return None
+        for name in staged:
+            destination = sweep / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, destination)
+        return epoch
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from paraisite.checkpoints import add_checkpoint_entries
 from paraisite.config import config_dir
@@ -46,11 +48,14 @@ from paraisite.training.builders import (
     prepare_run,
     provenance,
 )
-from paraisite.training.checks import check_run_config
+from paraisite.training.checks import check_command_line, check_run_config
 from paraisite.training.curves import TrainingCurves
 from paraisite.training.noise import quiet_known_noise
 
 log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by SIGTERM (128 + 15), after its record says so; it resumes when run again.
+SIGTERM_STATUS = 143
 
 
 def _metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -146,6 +151,12 @@ def finish_run(
     if datamodule.holdout is not None:
         result["holdout"] = holdout_result(best, datamodule, output_dir)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    best_mape = result["best"].get("mape")
+    if not isinstance(best_mape, (int, float)) or not math.isfinite(best_mape):
+        raise DivergedRunError(
+            f"{output_dir}: the best validation MAPE is {best_mape}, not a finite number: the run diverged "
+            f"(model.optimizer.lr={cfg.model.optimizer.get('lr')} too large?); recorded as failed"
+        )
     problem = final_problem(result.get("final") or {})
     if problem:
         log.warning("%s: %s at the last epoch; its best checkpoint was scored", output_dir, problem)
@@ -240,6 +251,10 @@ def _mean(values: Any) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+class DivergedRunError(RuntimeError):
+    """The best checkpoint's validation metric is not a finite number: the run is recorded as failed."""
+
+
 class RunInProgressError(RuntimeError):
     """Another live process is training this job; nothing was written."""
 
@@ -276,6 +291,11 @@ def _train_recording_failure(cfg: DictConfig, output_dir: Path) -> float:
     try:
         result = train(cfg)
         return float(result.get("best", {}).get("mape", math.nan))
+    except SIGTERMException:  # Lightning stops the loop on SIGTERM with a SystemExit that would exit 0
+        message = f"stopped by SIGTERM; resumable from {output_dir / 'checkpoints' / 'last.ckpt'} (run it again)"
+        record.mark_failed(cfg, message, "")
+        log.error("run %s", message)
+        raise SystemExit(SIGTERM_STATUS) from None
     except Exception as error:
         output_dir.mkdir(parents=True, exist_ok=True)
         message = f"{type(error).__name__}: {error}"
@@ -319,9 +339,21 @@ def one_message(error: Exception, cfg: DictConfig) -> TrainingError:
 FULL_ERROR_VARIABLE = "HYDRA_FULL_ERROR"
 
 
+def main() -> Any:
+    """``paraisite-train``: check every job's config (:func:`check_command_line`), then let Hydra run them.
+
+    A bad value or a misspelt key exits with status 2 before anything is written or loaded.
+    """
+    problem = check_command_line(sys.argv[1:])
+    if problem is not None:
+        print(f"paraisite-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """``paraisite-train``: compose the config, save it resolved, train and evaluate.
+def hydra_main(cfg: DictConfig) -> float:
+    """Hydra's task: save the composed config resolved, train and evaluate.
 
     A failure ends the run with one message and exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
     """

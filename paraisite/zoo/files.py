@@ -157,3 +157,60 @@ def scan_log_path(output: str | os.PathLike) -> Path:
     """``<out stem>.progress.csv`` beside ``output``: the rows ``scan`` appends as it goes; ``-o`` gets the ranking."""
     output = Path(output)
     return output.with_name(f"{output.stem}{SCAN_LOG_SUFFIX}")
+
+
+#: File beside the shipped ensembles pinning each one's manifest: ``<sha256>  <name>`` per line (``zoo ship``
+#: writes it). An edited manifest (say, a calibration quantile) is then refused like an edited member.
+MANIFEST_PINS = "manifests.sha256"
+
+
+class UnpinnedManifestError(ValueError):
+    """A shipped ensemble's manifest is not the one pinned in the package (or is not pinned at all)."""
+
+
+def manifest_pins(models_dir: Path) -> dict[str, str]:
+    """The pinned manifest sha256 of each shipped ensemble in ``models_dir``, by name (none if no pin file)."""
+    path = models_dir / MANIFEST_PINS
+    if not path.is_file():
+        return {}
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split()
+            pins[name] = digest
+    return pins
+
+
+def check_pinned_manifest(manifest: Path) -> None:
+    """Refuse a shipped ensemble's ``<models>/<name>/manifest.json`` whose sha256 is not the one pinned.
+
+    Raises:
+        UnpinnedManifestError: naming the file, the pinned and the actual sha256 (nothing was loaded).
+    """
+    import hashlib
+
+    name, pins_path = manifest.parent.name, manifest.parent.parent / MANIFEST_PINS
+    actual = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    pinned = manifest_pins(manifest.parent.parent).get(name)
+    if pinned is None:
+        raise UnpinnedManifestError(
+            f"{manifest}: the shipped ensemble {name} is not pinned in {pins_path} (`zoo ship` pins what it ships); "
+            "refused, nothing was loaded"
+        )
+    if pinned != actual:
+        raise UnpinnedManifestError(
+            f"{manifest}: sha256 mismatch: {pins_path} pins {pinned}, the file has {actual}. The shipped ensemble "
+            "was refused and nothing was loaded (an edited manifest is refused like an edited member)"
+        )
+
+
+def pin_manifest(manifest: Path) -> None:
+    """Pin ``<models>/<name>/manifest.json``'s sha256 in ``<models>/`` :data:`MANIFEST_PINS` (replacing its pin)."""
+    import hashlib
+
+    from paraisite.safety import atomic_write
+
+    pins = manifest_pins(manifest.parent.parent)
+    pins[manifest.parent.name] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    text = "".join(f"{digest}  {name}\n" for name, digest in sorted(pins.items()))
+    atomic_write(manifest.parent.parent / MANIFEST_PINS, lambda tmp: tmp.write_text(text))

@@ -28,9 +28,10 @@ from paraisite.evaluation.applicability import ApplicabilityReference, applicabi
 from paraisite.evaluation.metrics import DEFAULT_FIDELITY, DISTORTED_SOURCES_KEY, FIDELITIES_KEY
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
-from paraisite.zoo.bundle import Bundle, installed_bundle_dir, is_bundle, read_bundle
+from paraisite.zoo.bundle import MANIFEST, Bundle, installed_bundle_dir, is_bundle, read_bundle
 from paraisite.zoo.catalog import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS, catalog
-from paraisite.zoo.published import fetch_bundle, published_bundles
+from paraisite.zoo.files import check_pinned_manifest
+from paraisite.zoo.published import fetch_bundle, published_bundles, site_table_errors
 
 if TYPE_CHECKING:
     from paraisite.models.regressor import LTCRegressor
@@ -328,10 +329,13 @@ def zoo_bundle(name: str, unavailable_message: str) -> Bundle:
         log.info("%s: using the bundle installed in %s", name, installed)
         return read_bundle(installed)
     if is_bundle(shipped):
+        check_pinned_manifest(shipped / MANIFEST)
         return read_bundle(shipped)
     published = published_bundles().get(name)
     if published is not None:
         return fetch_bundle(published)
+    if name in (bad_rows := site_table_errors()):
+        raise ValueError(bad_rows[name])
     raise ModelUnavailableError(f"{unavailable_message} (looked for {installed})")
 
 

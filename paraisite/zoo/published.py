@@ -11,17 +11,21 @@ archive's sha256, its limits and exact content, the pinned name, and the unpacke
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from paraisite.data import registry
-from paraisite.safety import check_relative_name, resolve_inside
+from paraisite.safety import UnsafeFileError, UnsafePathError, check_relative_name, read_limited, resolve_inside
 from paraisite.zoo.bundle import Bundle, archive_bundle, extract_bundle, read_bundle
+
+log = logging.getLogger(__name__)
 
 SITE_TABLE_ENV = "PARAISITE_ZOO_TABLE"
 TABLE_COLUMNS = (
@@ -81,44 +85,97 @@ def _checked_asset(row: dict[str, str]) -> registry.ReleaseAsset:
     return registry.ReleaseAsset(row["repo"], row["tag"], row["file"], row["sha256"], int(row["size"]))
 
 
-def read_table(text: str) -> dict[str, PublishedBundle]:
+def _bundle(row: dict[str, str]) -> PublishedBundle:
+    """The bundle of one table row; a bad value is a ``ValueError`` naming its column."""
+
+    def number(column: str, kind: type) -> Any:
+        try:
+            return kind(row[column])
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"column {column}: {row[column]!r} is not {expected}") from None
+
+    number("size", int)
+    asset = _checked_asset(row)
+    members, mean, std = number("members", int), number("val_mape_mean", float), number("val_mape_std", float)
+    return PublishedBundle(row["name"], asset, members, mean, std, row["profile"], row["protocol"])
+
+
+def read_table(
+    text: str, source: str = "published table", errors: dict[str, str] | None = None
+) -> dict[str, PublishedBundle]:
     """Parse a ``published.tsv`` text (comment lines start with ``#``).
 
+    ``errors``: collect each bad row there (``{name: message}``, ``""`` for a row naming no valid model) instead
+    of raising, so that it affects only the model it names. Messages name ``source``, the line and the column.
+
     Raises:
-        ValueError: wrong columns, or a row whose name, repo (``owner/name``), tag or file is not plain (no ``..``,
-            ``/`` where not expected, absolute paths), or whose sha256 is not a digest.
+        ValueError: wrong columns, or (``errors`` not given) a row whose name, repo (``owner/name``), tag or file is
+            not plain (no ``..``, ``/`` where not expected, absolute paths), whose sha256 is not a digest, or whose
+            numbers are not numbers.
     """
-    rows = registry.read_tsv(text)
-    if tuple(rows.fieldnames or ()) != TABLE_COLUMNS:
-        raise ValueError(f"published table: columns {rows.fieldnames}, expected {list(TABLE_COLUMNS)}")
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if not line.startswith("#")]
+    header = lines[0][1].split("\t") if lines else []
+    if tuple(header) != TABLE_COLUMNS:
+        raise ValueError(f"{source}: columns {header}, expected {list(TABLE_COLUMNS)}")
     published = {}
-    for row in rows:
-        asset = _checked_asset(row)
-        published[row["name"]] = PublishedBundle(
-            row["name"],
-            asset,
-            int(row["members"]),
-            float(row["val_mape_mean"]),
-            float(row["val_mape_std"]),
-            row["profile"],
-            row["protocol"],
-        )
+    for number, line in lines[1:]:
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) != len(TABLE_COLUMNS):
+                raise ValueError(f"{len(fields)} tab-separated columns, expected {len(TABLE_COLUMNS)}")
+            bundle = _bundle(dict(zip(TABLE_COLUMNS, fields, strict=True)))
+        except (ValueError, UnsafePathError) as error:
+            message = f"{source}, line {number}: {error}"
+            if errors is None:
+                raise ValueError(message) from None
+            name = fields[0] if _PLAIN_NAME.match(fields[0]) else ""
+            errors[name] = message
+            log.warning("%s (it affects only %s)", message, name or "no model: the row names none")
+            continue
+        published[bundle.name] = bundle
     return published
+
+
+#: Largest site table read (``$PARAISITE_ZOO_TABLE``); the package's has a row per ensemble.
+MAX_SITE_TABLE_BYTES = 1024**2
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+
+
+def site_table_errors() -> dict[str, str]:
+    """The bad rows of ``$PARAISITE_ZOO_TABLE`` by the model they name (see :func:`published_bundles`)."""
+    errors: dict[str, str] = {}
+    _site_table(errors)
+    return errors
+
+
+def _site_table(errors: dict[str, str]) -> dict[str, PublishedBundle]:
+    site_table = os.environ.get(SITE_TABLE_ENV)
+    if not site_table:
+        return {}
+    try:
+        data = read_limited(Path(site_table).expanduser(), MAX_SITE_TABLE_BYTES, what="site table", compressed=())
+        text = data.decode("utf-8")
+    except (OSError, UnsafeFileError, UnicodeDecodeError) as error:
+        raise ValueError(f"{SITE_TABLE_ENV}={site_table}: unreadable published table ({error})") from None
+    try:
+        return read_table(text, f"{SITE_TABLE_ENV}={site_table}", errors)
+    except ValueError as error:
+        raise ValueError(f"{SITE_TABLE_ENV}={site_table}: unreadable published table ({error})") from None
 
 
 def published_bundles() -> dict[str, PublishedBundle]:
     """The bundles pinned in the package's ``published.tsv``, then in ``$PARAISITE_ZOO_TABLE`` (by zoo name).
 
     A site table (same columns) lets a cluster pin archives it hosts itself, e.g. ensembles trained there before a
-    paraisite release pins them; its rows take precedence.
+    paraisite release pins them; its rows take precedence. It is read as a regular file of at most
+    :data:`MAX_SITE_TABLE_BYTES` (a FIFO or device is refused without being opened); a bad row is left out with a
+    warning naming its line and column, and affects only the model it names (:func:`site_table_errors`).
     """
     published = read_table(resources.files("paraisite.zoo").joinpath("published.tsv").read_text())
-    site_table = os.environ.get(SITE_TABLE_ENV)
-    if site_table:
-        try:
-            published.update(read_table(Path(site_table).expanduser().read_text()))
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{SITE_TABLE_ENV}={site_table}: unreadable published table ({error})") from None
+    published.update(_site_table({}))
     return published
 
 

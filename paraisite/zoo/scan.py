@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import os
 import pickle
 import tempfile
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +48,7 @@ from paraisite.zoo.files import (
     output_lock,
     scan_log_path,
 )
-from paraisite.zoo.workers import THREAD_VARIABLES, WORKER_START_METHOD, start_worker_server
+from paraisite.zoo.workers import THREAD_VARIABLES, LostRow, WorkerPool, file_seconds, start_worker_server
 
 if TYPE_CHECKING:  # the predictors pull in torch, Lightning and matgl: not needed to list or rank files
     from pymatgen.core import Structure
@@ -59,8 +56,6 @@ if TYPE_CHECKING:  # the predictors pull in torch, Lightning and matgl: not need
     from paraisite.zoo.predictors import Predictions, Predictor
 
 APPLICABILITY_COLUMNS = ("unseen_elements", "latent_knn_distance", "latent_percentile", "in_domain")
-#: Batches in flight beyond one per worker process.
-LOOKAHEAD = 2
 
 
 @dataclass
@@ -77,7 +72,10 @@ class StructureGraph:
 
 @dataclass
 class PredictionSummary:
-    """Counts of one run: ``predicted`` and ``failed`` rows were written now, ``already_done`` were skipped."""
+    """Counts of one run: ``predicted`` and ``failed`` rows were written now, ``already_done`` were skipped.
+
+    ``lost``: of the failed rows, those whose worker process died or ran out of time on the file.
+    """
 
     output: Path
     total: int
@@ -85,6 +83,7 @@ class PredictionSummary:
     predicted: int
     failed: int
     ranked: Path | None = None
+    lost: int = 0
 
 
 def read_and_graph(build: Callable[[Structure, str], Any], path: str) -> StructureGraph:
@@ -135,14 +134,26 @@ def _init_worker(pickled_predictor: bytes, max_percentile: float) -> None:
     _WORKER_MODEL.update(predictor=pickle.loads(pickled_predictor), max_percentile=max_percentile)
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str], max_percentile: float) -> list[dict[str, Any]]:
-    """CSV rows of ``paths``: each file read and graphed, then the graphs predicted as one batch."""
+def predict_files(
+    predictor: Predictor, paths: Sequence[str], max_percentile: float, at: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """CSV rows of ``paths``: each file read and graphed, then the graphs predicted as one batch.
+
+    ``at(i)`` is called before file ``i`` and ``at(len(paths))`` before the prediction (a worker reports progress).
+    """
     build = predictor.graph_builder()
-    return make_rows(predictor, [read_and_graph(build, path) for path in paths], max_percentile)
+    items = []
+    for index, path in enumerate(paths):
+        if at is not None:
+            at(index)
+        items.append(read_and_graph(build, path))
+    if at is not None:
+        at(len(paths))
+    return make_rows(predictor, items, max_percentile)
 
 
-def _predict_files_in_worker(paths: Sequence[str]) -> list[dict[str, Any]]:
-    return predict_files(_WORKER_MODEL["predictor"], paths, _WORKER_MODEL["max_percentile"])
+def _predict_files_in_worker(paths: list[str], at: Callable[[int], None]) -> list[dict[str, Any]]:
+    return predict_files(_WORKER_MODEL["predictor"], paths, _WORKER_MODEL["max_percentile"], at)
 
 
 def row_batches(
@@ -153,7 +164,8 @@ def row_batches(
     ``workers > 1``: each batch is read, graphed and predicted whole in one of ``workers`` processes, each with its
     own copy of the model; up to ``workers + LOOKAHEAD`` batches are in flight. Reading alone in the workers and
     predicting in this process left the model on one core (a 9-member ensemble predicts ~90 structures/s on one
-    core, while its reading needs ~30 % of the CPU).
+    core, while its reading needs ~30 % of the CPU). A worker that dies or passes the per-file time limit costs only
+    its file (:class:`paraisite.zoo.workers.WorkerPool`).
     """
     chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
     workers = min(workers, len(chunks))  # each worker is a fresh interpreter: no more than there are batches
@@ -162,20 +174,9 @@ def row_batches(
             yield predict_files(predictor, chunk, max_percentile)
         return
     start_worker_server()
-    context = multiprocessing.get_context(WORKER_START_METHOD)
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(pickle.dumps(predictor), max_percentile),
-    ) as pool:
-        pending: deque[Future[list[dict[str, Any]]]] = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_predict_files_in_worker, chunk))
-            if len(pending) > workers + LOOKAHEAD:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    pool = WorkerPool(workers, _init_worker, (pickle.dumps(predictor), max_percentile), _predict_files_in_worker)
+    pool.file_seconds = file_seconds()
+    yield from pool.map(chunks)
 
 
 def output_columns(predictor: Predictor) -> list[str]:
@@ -241,8 +242,11 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
     return rows
 
 
-def finished_paths(output: Path, columns: list[str]) -> set[str]:
+def finished_paths(output: Path, columns: list[str], retry_errors: bool = False) -> set[str]:
     """Paths already in ``output``; a row cut off by an interruption is removed, after the header was checked.
+
+    ``retry_errors``: rows with an error are removed from ``output`` (rewritten whole) and their paths not returned,
+    so they are tried again.
 
     Raises:
         OutputError: the file is not a CSV with ``columns`` (another model or program wrote it); it is not modified.
@@ -268,8 +272,27 @@ def finished_paths(output: Path, columns: list[str]) -> set[str]:
         data = data[: data.rfind(b"\n") + 1]
         with open(output, "r+b") as stream:
             stream.truncate(len(data))
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
-    return {row["path"] for row in reader}
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    if retry_errors and any(row["error"] for row in rows):
+        kept = [row for row in rows if not row["error"]]
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as stream:
+                writer = csv.DictWriter(stream, columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(output, write)
+        rows = kept
+    return {row["path"] for row in rows}
+
+
+def error_rows(output: Path) -> int:
+    """Rows of ``output`` (a scan's CSV) that have an error."""
+    if not output.is_file():
+        return 0
+    with open(output, newline="") as stream:
+        return sum(bool(row.get("error")) for row in csv.DictReader(stream))
 
 
 @contextmanager
@@ -301,6 +324,7 @@ def run_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 0,
     resume: bool = False,
+    retry_errors: bool = False,
     max_percentile: float = DEFAULT_MAX_PERCENTILE,
     progress: Callable[[int], None] | None = None,
 ) -> PredictionSummary:
@@ -317,6 +341,7 @@ def run_predictions(
         batch_size: structures per model call (>= 1).
         workers: reader processes (0 or 1: read in this process).
         resume: keep ``output``'s rows and skip their paths.
+        retry_errors: with ``resume``, try again the paths whose rows have an error (those rows are replaced).
         max_percentile: ``in_domain`` threshold on ``latent_percentile``.
         progress: called with the number of files done after each batch (also once for the skipped ones).
 
@@ -328,7 +353,7 @@ def run_predictions(
     output = Path(output)
     check_output(output, paths)
     columns = output_columns(predictor)
-    done = finished_paths(output, columns) if resume else set()
+    done = finished_paths(output, columns, retry_errors) if resume else set()
     todo = [path for path in paths if path not in done]
     summary = PredictionSummary(output, len(paths), len(paths) - len(todo), 0, 0)
     if progress is not None and summary.already_done:
@@ -345,6 +370,7 @@ def run_predictions(
             stream.flush()
             failed = sum(row["error"] is not None for row in rows)
             summary.failed += failed
+            summary.lost += sum(isinstance(row, LostRow) for row in rows)
             summary.predicted += len(rows) - failed
             if progress is not None:
                 progress(len(rows))

@@ -44,6 +44,7 @@ from paraisite.evaluation.uncertainty import (
     to_log,
     uncertainty_report,
 )
+from paraisite.safety import check_relative_name
 from paraisite.zoo.bundle import (
     INFERENCE_KEYS,
     MANIFEST,
@@ -52,7 +53,7 @@ from paraisite.zoo.bundle import (
     manifest_head,
     parse_manifest,
 )
-from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE
+from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE, pin_manifest
 from paraisite.zoo.predictors import LTCPredictor, load_checkpoints
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def ship_ensemble(
     errors. Returns the manifest path (``output`` defaults to :func:`shipped_bundle_dir`). ``evidence``: a directory
     for the per-row CSVs behind those figures (``<name>--<set>.csv``, e.g. ``...--dataset1-cross-dataset.csv``).
     """
+    check_relative_name(name, what="zoo ship --name", parts=1)  # as `zoo export`: a plain name, never a path
     sweep_dir = Path(sweep_dir)
     runs = checked_runs(sweep_dir, step, dataset)  # the same checks as `zoo export`: seeds unique, one protocol
     target = Path(output) if output is not None else shipped_bundle_dir(name)
@@ -325,6 +327,8 @@ def ship_ensemble(
     }
     manifest_path = target / MANIFEST
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    if target.resolve().parent == SHIPPED_DIR:  # into the package: pinned there, so an edited manifest is refused
+        pin_manifest(manifest_path)
     return manifest_path
 
 

@@ -69,6 +69,10 @@ def nearest(name: str, valid: Sequence[str], count: int = 3) -> str:
     return "valid: " + (", ".join(shown) + (", ..." if len(valid) > len(shown) else "") if shown else "none")
 
 
+#: Validation metrics that can choose the best checkpoint (``select_metric``; lower is better for each).
+SELECT_METRICS = ("mape", "mae_log10", "rmse_log10")
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """Refuse values that cannot make a meaningful run, and keys no built object accepts.
 
@@ -87,6 +91,7 @@ def check_run_config(cfg: DictConfig) -> None:
             need(bool(ok(value)), key, expected)
 
     need(_integer(_get(cfg, "seed")), "seed", "an integer")
+    optional("select_metric", lambda v: v in SELECT_METRICS, f"one of {', '.join(SELECT_METRICS)}")
     epochs = _get(cfg, "trainer.max_epochs")
     need(_integer(epochs) and epochs >= 1, "trainer.max_epochs", "an integer >= 1 (0 trains nothing, -1 never stops)")
     min_epochs = _get(cfg, "trainer.min_epochs")

@@ -244,7 +244,7 @@ def _select_mask(graph: Any, count: int) -> torch.Tensor:
 
 
 class MemberCheckpoint(Callback):
-    """Write member ``m``'s checkpoint to ``paths[m]`` whenever its validation MAPE improves (strictly).
+    """Write member ``m``'s checkpoint to ``paths[m]`` whenever its validation ``metric`` (MAPE by default) improves.
 
     The file is what a plain run's best checkpoint holds for inference and re-training: ``state_dict`` and
     ``hyper_parameters`` of an :class:`LTCRegressor`, plus ``epoch`` and ``global_step``. After each
@@ -257,8 +257,13 @@ class MemberCheckpoint(Callback):
     """
 
     def __init__(
-        self, paths: Sequence[Path], resume_path: Path | None = None, names: Sequence[str] | None = None
+        self,
+        paths: Sequence[Path],
+        resume_path: Path | None = None,
+        names: Sequence[str] | None = None,
+        metric: str = "mape",
     ) -> None:
+        self.metric = metric
         self.resume_path = None if resume_path is None else Path(resume_path)
         self.paths = [Path(p) for p in paths]
         self.names = list(names) if names is not None else [f"member {m}" for m in range(len(self.paths))]
@@ -279,7 +284,9 @@ class MemberCheckpoint(Callback):
         if trainer.sanity_checking or not pl_module.member_metrics["val"]:
             return
         for m, metrics in enumerate(pl_module.member_metrics["val"]):
-            score = metrics["mape"]
+            if self.metric not in metrics:
+                raise ValueError(f"select_metric={self.metric!r} is not a validation metric; valid: {sorted(metrics)}")
+            score = metrics[self.metric]
             if not math.isnan(score) and score < self.best[m]:
                 self._save_member(trainer, pl_module, m, score)
             self._report_problem(m, prediction_problem(metrics), trainer.current_epoch)
@@ -308,7 +315,7 @@ class MemberCheckpoint(Callback):
             log.warning("%s: validation predictions are healthy again at epoch %d", name, epoch)
             return
         kept = (
-            f"its best checkpoint (epoch {self.best_epoch[member]}, val MAPE {self.best[member]:.4f}) is kept"
+            f"its best checkpoint (epoch {self.best_epoch[member]}, val {self.metric} {self.best[member]:.4f}) is kept"
             if self.best_epoch[member] is not None
             else "it has no best checkpoint yet"
         )

@@ -217,7 +217,8 @@ def _train_ensemble(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     names = [f"seed {int(seed)}" for seed in cfg.seeds]
-    callbacks.append(MemberCheckpoint(best_paths, resume_path=last, names=names))
+    metric = str(cfg.get("select_metric") or "mape")
+    callbacks.append(MemberCheckpoint(best_paths, resume_path=last, names=names, metric=metric))
     callbacks.append(TrainingCurves(job_dir / CURVES_NAME, names=names, title=_curves_title(cfg)))
     # MemberCheckpoint writes every checkpoint; Lightning's default one would add a 52 MB copy per epoch.
     trainer: pl.Trainer = instantiate(

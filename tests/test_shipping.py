@@ -33,7 +33,8 @@ from paraisite.training.train import train
 from paraisite.zoo.bundle import BundleIntegrityError, read_bundle
 from paraisite.zoo.catalog import get_entry, model_card
 from paraisite.zoo.predictors import load_predictor
-from paraisite.zoo.shipping import GROUP_SIZE, SHIPPED_DIR, quantise_state_dict, ship_ensemble, shipped_manifests
+from paraisite.zoo.shipped import SHIPPED_DIR, shipped_manifests
+from paraisite.zoo.shipping import GROUP_SIZE, quantise_state_dict, ship_ensemble
 from tests.helpers import FAST, compose_train, read_rows
 
 NAME = "ltc-test-dataset1"

@@ -80,6 +80,7 @@ zoo: install ## Pack a full sweep's LTC ensembles into paraisite/zoo/models (mea
 	$(ZOO_SHIP) --step step2 --dataset Dataset2 --name ltc-step2-dataset2 --cross Dataset1 AFLOW
 	$(ZOO_SHIP) --step step2 --dataset MIX --name ltc-step2-mix --cross AFLOW
 	$(BIN)/python experiments/ltc-zoo/domain_evidence.py experiments/ltc-zoo/rows
+	$(BIN)/python experiments/ltc-zoo/write_cards.py  # card.json of each, from the measured evidence
 
 benchmark: install ## Training/prediction throughput figures -> benchmarks/results/
 	$(BIN)/python benchmarks/ensemble_throughput.py --out benchmarks/results/ensemble_throughput.json

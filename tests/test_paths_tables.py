@@ -16,7 +16,7 @@ from paraisite.zoo.bundle import MANIFEST
 from paraisite.zoo.files import MANIFEST_PINS, UnpinnedManifestError, check_pinned_manifest, manifest_pins
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.published import SITE_TABLE_ENV, TABLE_COLUMNS, published_bundles, site_table_errors
-from paraisite.zoo.shipping import SHIPPED_DIR
+from paraisite.zoo.shipped import SHIPPED_DIR
 
 GOOD = [
     "ltc-step3-dataset2",

@@ -30,13 +30,17 @@ from paraisite.evaluation.uncertainty import (
 )
 from paraisite.models.regressor import load_ltc_checkpoint
 from paraisite.training.train import train
+from paraisite.zoo import shipped as shipped_module
 from paraisite.zoo.bundle import BundleIntegrityError, read_bundle
-from paraisite.zoo.catalog import get_entry, model_card
+from paraisite.zoo.cards import CARD, read_card
+from paraisite.zoo.catalog import catalog, get_entry, model_card
 from paraisite.zoo.predictors import load_predictor
-from paraisite.zoo.shipping import GROUP_SIZE, SHIPPED_DIR, quantise_state_dict, ship_ensemble, shipped_manifests
-from tests.helpers import FAST, compose_train, read_rows
+from paraisite.zoo.shipped import SHIPPED_DIR, shipped_manifests
+from paraisite.zoo.shipping import GROUP_SIZE, quantise_state_dict
+from tests.helpers import FAST, compose_train, predict_with_cli, read_rows
 
 NAME = "ltc-test-dataset1"
+USE_FOR = "testing the zoo"
 #: Crystals of Dataset1 in the tiny sweep: 3 seeds x 12 validation crystals leave >= 19 held-out rows, the fewest a
 #: 95 % conformal quantile needs.
 CRYSTALS = 60
@@ -57,10 +61,12 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped(sweep, tmp_path_factory) -> Path:
-    """The tiny sweep packed as a shipped ensemble (in a temporary directory, not the package)."""
+    """The tiny sweep packed as a shipped ensemble with its card (in a temporary directory, not the package)."""
     target = tmp_path_factory.mktemp("ship") / NAME
     evidence = tmp_path_factory.mktemp("evidence")
-    ship_ensemble(sweep, "step2", "Dataset1", NAME, ["Dataset2"], output=target, evidence=evidence)
+    command = ["zoo", "ship", str(sweep), "--step", "step2", "--dataset", "Dataset1", "--name", NAME, "-o", str(target)]
+    card = ["--use-for", USE_FOR, "--not-for", "real crystals", "--data-reference", "Dataset1 (60 crystals)"]
+    assert main([*command, "--cross", "Dataset2", "--evidence", str(evidence), *card]) == 0
     return target
 
 
@@ -123,6 +129,31 @@ def test_manifest_records_measured_figures(sweep, shipped):
     assert manifest["calibration"]["rows"] == own["rows"]
     cross = manifest["domain"]["Dataset2 (cross-dataset)"]
     assert cross["rows_in"] + cross["rows_out"] == manifest["uncertainty"]["Dataset2 (cross-dataset)"]["rows"]
+
+
+def test_zoo_ship_writes_the_card_and_the_new_name_is_listed_carded_and_predicts(
+    shipped, crystals, tmp_path, monkeypatch, capsys
+):
+    """A shipped folder no code names: `zoo list` and `zoo card` describe it from its card.json, `predict` runs it."""
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    card = read_card(shipped, manifest)  # pinned by the manifest, checked
+    assert card is not None
+    assert card.path == shipped / CARD
+    assert card.validation["mape_mean"] == manifest["figures"]["val_mape_mean"]
+    assert card.validation["members"] == 3
+    assert card.measured is None  # no --measured evidence given
+    monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped.parent)
+    assert main(["zoo", "list"]) == 0
+    assert NAME in capsys.readouterr().out
+    entry = catalog()[NAME]
+    assert entry.data_reference == "Dataset1 (60 crystals)"
+    assert f"MAPE {manifest['figures']['val_mape_mean']:.3f}" in entry.published_error
+    assert main(["zoo", "card", NAME]) == 0
+    text = capsys.readouterr().out
+    assert f"**Use it for.** {USE_FOR}." in text
+    assert "**Not for.** real crystals." in text
+    rows = predict_with_cli(NAME, crystals, tmp_path / "by-name.csv")
+    assert [row["error"] for row in rows] == ["", ""]
 
 
 def test_predict_gives_calibrated_interval_around_the_mean(shipped, crystals, tmp_path):

@@ -14,7 +14,8 @@ import torch
 from paraisite.cli.main import main
 from paraisite.data import registry
 from paraisite.zoo.bundle import BundleError, BundleIntegrityError, export_bundle, extract_bundle, read_bundle
-from paraisite.zoo.catalog import FULL_STEP3_MAPE, PLANNED_LTC, QUICK_ENSEMBLE_MAPE, catalog, get_entry, model_card
+from paraisite.zoo.cards import planned_models
+from paraisite.zoo.catalog import catalog, get_entry, model_card
 from paraisite.zoo.predictors import ModelUnavailableError, load_predictor
 from paraisite.zoo.published import (
     SITE_TABLE_ENV,
@@ -25,7 +26,7 @@ from paraisite.zoo.published import (
     unpacked_dir,
 )
 from paraisite.zoo.scan import run_predictions
-from paraisite.zoo.shipping import shipped_manifests
+from paraisite.zoo.shipped import shipped_manifests
 from tests.helpers import read_rows, tiny_ltc_run
 
 NAME = "ltc-step3-dataset1"
@@ -58,7 +59,7 @@ def test_list_shows_every_model_with_references_and_errors(capsys):
     assert main(["zoo", "list"]) == 0
     printed = capsys.readouterr().out
     entries = catalog()
-    assert len(entries) == 8 + len(set(PLANNED_LTC) | set(shipped_manifests()))
+    assert len(entries) == 8 + len(set(planned_models()) | set(shipped_manifests()))
     for name in entries:
         assert name in printed
     # references; formation-energy MAE of Table I of the CGCNN paper; the scores stored in the checkpoints
@@ -219,20 +220,24 @@ def test_archive_with_a_link_or_outside_path_is_not_a_bundle(tmp_path):
 
 
 def test_quick_ensemble_errors_in_cards_match_the_recorded_runs():
-    """The MAPEs quoted by the LTC cards are those of the 9 runs recorded in experiments/zoo-quick."""
+    """The MAPEs quoted by the Step III cards are those of the 9 runs recorded in experiments/zoo-quick."""
     members = Path(__file__).resolve().parents[1] / "experiments" / "zoo-quick" / "members.csv"
     rows = read_rows(members)
-    for dataset, quoted in QUICK_ENSEMBLE_MAPE.items():
+    planned = planned_models()
+    for dataset in ("Dataset1", "Dataset2", "MIX"):
         mapes = [float(row["val_mape"]) for row in rows if row["dataset"] == dataset]
         assert len(mapes) == 9
-        assert quoted == f"{np.mean(mapes):.3f} ({np.std(mapes, ddof=1):.3f})"
-        assert quoted in model_card(get_entry(f"ltc-step3-{dataset.lower()}"))
+        quoted = f"{np.mean(mapes):.3f} ({np.std(mapes, ddof=1):.3f})"
+        name = f"ltc-step3-{dataset.lower()}"
+        assert planned[name].figure("quick") == quoted
+        assert quoted in model_card(get_entry(name))
 
 
 def test_full_budget_step3_errors_match_the_recorded_runs():
     """The full-budget Step III MAPEs the zoo quotes (and why those ensembles are not shipped) are the records'."""
     runs = Path(__file__).resolve().parents[1] / "experiments" / "full-cpu-clean" / "runs"
-    for dataset, quoted in FULL_STEP3_MAPE.items():
+    planned = planned_models()
+    for dataset in ("Dataset1", "Dataset2", "MIX"):
         step3, step2 = (
             [
                 json.loads(p.read_text())["best"]["mape"]
@@ -241,9 +246,11 @@ def test_full_budget_step3_errors_match_the_recorded_runs():
             for step in ("step3", "step2")
         )
         assert len(step3) == len(step2) == 9
-        assert quoted == f"{np.mean(step3):.3f} ({np.std(step3, ddof=1):.3f})"
+        quoted = f"{np.mean(step3):.3f} ({np.std(step3, ddof=1):.3f})"
         assert np.mean(step2) < np.mean(step3)  # the reason the card gives for shipping Step II instead
         entry = get_entry(f"ltc-step3-{dataset.lower()}")
+        assert planned[entry.name].figure("full") == quoted
+        assert planned[entry.name].instead == f"ltc-step2-{dataset.lower()}"
         assert quoted in model_card(entry)
         assert quoted in entry.published_error
 

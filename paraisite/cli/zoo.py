@@ -1,4 +1,4 @@
-"""``paraisite zoo list|card|export``: the model zoo, its model cards, and ensemble bundles from sweeps."""
+"""``paraisite zoo list|card|export|ship|publish``: the model zoo, its model cards, and ensemble bundles from sweeps."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     ship.add_argument("-o", "--output", help="directory to create (default: paraisite/zoo/models/<name>)")
     ship.add_argument("--evidence", help="directory for the per-row CSVs behind the figures")
+    ship.add_argument("--use-for", default="", help="card: what the ensemble is for (one line)")
+    ship.add_argument("--not-for", default="", help="card: what it should not be used for")
+    ship.add_argument("--training-data", default="", help="card: its training data, described (default: the dataset)")
+    ship.add_argument("--data-reference", default="", help="card: its training data, short, for `zoo list`")
+    ship.add_argument(
+        "--measured", help="card: JSON of figures on measured values, {name: {subset: {count, mae_log10, ...}}}"
+    )
+    ship.add_argument(
+        "--measured-subset", default="not_dataset1_compounds", help="card: the subset of --measured to quote"
+    )
     ship.set_defaults(func=run_ship)
     publish = actions.add_parser("publish", help="pack a bundle for a release and print its published.tsv row")
     publish.add_argument("bundle", help="bundle directory (from `zoo export -o`)")
@@ -67,7 +77,7 @@ def _stored_score(entry: ZooEntry) -> str | None:
 
 def _status(entry: ZooEntry, published: Collection[str]) -> str:
     from paraisite.zoo.bundle import installed_bundle_dir, is_bundle, read_bundle
-    from paraisite.zoo.shipping import shipped_bundle_dir
+    from paraisite.zoo.shipped import shipped_bundle_dir
 
     installed = installed_bundle_dir(entry.name)
     if is_bundle(installed):
@@ -126,13 +136,30 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    """Pack a shipped ensemble and print its measured figures."""
+    """Pack a shipped ensemble with its card data (``card.json``) and print its measured figures."""
+    from paraisite.zoo.cards import card_data, write_card
     from paraisite.zoo.shipping import ship_ensemble
 
     path = ship_ensemble(
         args.sweep, args.step, args.dataset, args.name, args.cross, output=args.output, evidence=args.evidence
     )
-    figures = json.loads(path.read_text())["figures"]
+    manifest = json.loads(path.read_text())
+    card = card_data(
+        manifest,
+        args.use_for,
+        args.not_for,
+        args.training_data,
+        args.data_reference,
+        args.measured,
+        args.measured_subset,
+    )
+    write_card(path.parent, card)
+    from paraisite.zoo.files import pin_manifest
+    from paraisite.zoo.shipped import SHIPPED_DIR
+
+    if path.parent.resolve().parent == SHIPPED_DIR:  # the card's sha256 changed the manifest: pin it again
+        pin_manifest(path)
+    figures = manifest["figures"]
     Console(stderr=True).print(
         f"{args.name}: {path.parent} (val MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), "
         f"largest change from int8 weights {figures['max_abs_change']:.4f})"

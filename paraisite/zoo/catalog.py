@@ -4,11 +4,14 @@ Two families:
 
 - ``cgcnn-*``: the 8 published CGCNN models of ``txie-93/cgcnn/pre-trained`` (Xie & Grossman 2018, Materials
   Project data), fetched through the registry (pinned sha256, mirror support).
-- ``ltc-step3-*``: ParAIsite ensembles (9 seeds) of Step III models for lattice thermal conductivity, trained by
-  this project and distributed as bundles (:mod:`paraisite.zoo.bundle`): release archives pinned by sha256 in
-  ``published.tsv`` and fetched through the registry and its mirror (:mod:`paraisite.zoo.published`). An entry
-  without a published row resolves to a bundle installed locally in ``<cache>/zoo/<name>`` by
-  ``paraisite zoo export ... --install``.
+- ``ltc-*``: ParAIsite ensembles (9 seeds) for lattice thermal conductivity, trained by this project. The LTC models
+  shipped in the package are the Step II ensembles ``ltc-step2-*`` (``paraisite/zoo/models/<name>/``,
+  :mod:`paraisite.zoo.shipped`): a bundle (:mod:`paraisite.zoo.bundle`) plus its ``card.json``
+  (:mod:`paraisite.zoo.cards`), the card data measured when it was shipped, so a new shipped model is listed and
+  described with no code edit. The Step III names (``ltc-step3-*``, from the paper) are planned, not shipped:
+  ``planned.json`` holds their measured figures and points them to the shipped Step II ensemble of their dataset.
+  Any name may also resolve to a release archive pinned in ``published.tsv`` (:mod:`paraisite.zoo.published`) or to
+  a bundle installed in ``<cache>/zoo/<name>`` by ``paraisite zoo export ... --install``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from typing import Literal
 from paraisite.data import registry
 from paraisite.data.cgcnn_graph import CGCNN_REPO
 from paraisite.models.cgcnn import CGCNN_MODELS, read_cgcnn_checkpoint
+from paraisite.zoo.cards import ModelCard, PlannedModel, planned_models, read_card
+from paraisite.zoo.columns import LTC_ENSEMBLE_COLUMNS
 from paraisite.zoo.published import PublishedBundle, published_bundles
+from paraisite.zoo.shipped import shipped_bundle_dir, shipped_manifests
 
 CGCNN_PAPER = "Xie & Grossman, Phys. Rev. Lett. 120, 145301 (2018)"
 MATERIALS_PROJECT = "Materials Project: Jain et al., APL Materials 1, 011002 (2013)"
@@ -49,45 +55,6 @@ CGCNN_PUBLISHED_MAE: dict[str, str] = {
     "bulk-moduli": "0.054 log10(GPa)",
     "shear-moduli": "0.087 log10(GPa)",
     "poisson-ratio": "0.030",
-}
-#: Validation MAPE, mean (sample std) over 9 seeds each scored on its own split, of the quick-profile ensembles
-#: this project trained on 2 CPU cores (``experiments/zoo-quick``): measured, but not the full-profile models.
-QUICK_ENSEMBLE_MAPE: dict[str, str] = {"Dataset1": "0.446 (0.110)", "Dataset2": "0.300 (0.099)", "MIX": "0.450 (0.072)"}
-#: The same figure for the full-budget Step III jobs (9 seeds, 300 epochs, ``protocol=clean``;
-#: ``experiments/full-cpu-clean``). They are not shipped: the Step II ensembles of the same budget score better on
-#: every dataset (paired by seed, Step III is worse for 7, 5 and 9 of the 9 seeds).
-FULL_STEP3_MAPE: dict[str, str] = {"Dataset1": "0.441 (0.107)", "Dataset2": "0.297 (0.093)", "MIX": "0.463 (0.061)"}
-#: Single-checkpoint and ensemble LTC columns; calibrated ensembles add the interval columns.
-LTC_COLUMNS = ("tc_W_per_mK",)
-LTC_ENSEMBLE_COLUMNS = ("tc_W_per_mK", "tc_std_W_per_mK", "tc_rel_std")  # tc_W_per_mK: as one model's
-LTC_INTERVAL_COLUMNS = ("tc_low_W_per_mK", "tc_high_W_per_mK", "interval_level")
-#: Training datasets of the ensembles: short name for the table, description for the card.
-LTC_DATASETS = {
-    "Dataset1": ("Dataset1 (L96)", "Dataset1 (L96): 95 binary compounds, ab-initio LTC"),
-    "Dataset2": ("Dataset2 (HH143)", "Dataset2 (HH143): 143 half-Heuslers, ab-initio LTC"),
-    "MIX": ("MIX (Dataset1 + Dataset2)", "MIX: Dataset1 + Dataset2, 238 crystals, ab-initio LTC"),
-    "AFLOW": ("AFLOW AGL", "AFLOW: 3,643 usable crystals with AGL (Debye-Grueneisen) LTC, low fidelity, broad scope"),
-}
-#: Which ensemble to use for which crystals (the card's recommendation), by training dataset. The figures on measured
-#: conductivities are those of the 131 measured crystals that are not Dataset1 compounds
-#: (``experiments/ltc-mf/shipped_on_measured.json``).
-LTC_RECOMMENDATION = {
-    "Dataset1": "simple binary compounds (rocksalt, zincblende, wurtzite and similar) computed ab initio, like"
-    " Dataset1's. Not for measured values of other compounds: it reads them 3.0x high (+0.48 dex, MAE 0.57 dex)",
-    "Dataset2": "half-Heusler (XYZ, F-43m) compounds: the lowest error of all ensembles, on their own family only."
-    " On measured values of other compounds: MAE 0.39 dex, +0.15 dex",
-    "MIX": "crystals like its training ones (simple binaries and half-Heuslers, ab-initio values), and ranking others."
-    " Not for values of other real crystals: it reads measured conductivities 2.6x high (+0.42 dex, MAE 0.52 dex,"
-    " worse than a constant's 0.40)",
-    "AFLOW": "ranking broad chemistries (it saw 3,643 crystals, with AGL values, not ab-initio ones). It reads measured"
-    " conductivities 2.1x low (-0.33 dex, MAE 0.45 dex)",
-}
-#: Ensembles the zoo names, by ``step/dataset``, whether or not they are shipped yet.
-PLANNED_LTC = {
-    "ltc-step3-dataset1": "step3/Dataset1",
-    "ltc-step3-dataset2": "step3/Dataset2",
-    "ltc-step3-mix": "step3/MIX",
-    "ltc-step2-aflow": "step2/AFLOW",
 }
 
 
@@ -137,12 +104,13 @@ class ZooEntry:
 
     @builtins.property
     def unpublished_advice(self) -> str:
-        """What to do instead of an unpublished ensemble: for Step III the shipped Step II, then how to train it."""
-        if self.step == "step3" and self.dataset in FULL_STEP3_MAPE:
-            instead = f"ltc-step2-{self.dataset.lower()}"
+        """What to do instead of an unpublished ensemble: the shipped one ``planned.json`` names; how to train it."""
+        planned = planned_models().get(self.name)
+        full = None if planned is None else planned.figure("full")
+        if planned is not None and planned.instead and full:
             return (
-                f"at the full budget this Step III ensemble scored MAPE {FULL_STEP3_MAPE[self.dataset]}, worse than "
-                f"{instead}, which ships with paraisite: use `--model {instead}`; or {self.how_to_obtain}"
+                f"at the full budget this ensemble scored MAPE {full}, worse than {planned.instead}, which ships "
+                f"with paraisite: use `--model {planned.instead}`; or {self.how_to_obtain}"
             )
         return self.how_to_obtain
 
@@ -169,8 +137,8 @@ def _cgcnn_entries() -> list[ZooEntry]:
     ]
 
 
-def _ltc_entry(name: str, origin: str, measured: str) -> ZooEntry:
-    step, dataset = origin.split("/")
+def _ltc_entry(name: str, origin: str, measured: str, data_reference: str) -> ZooEntry:
+    step = origin.split("/", maxsplit=1)[0]
     steps = {"step1": "ParAIsite Step I", "step2": "ParAIsite Step II", "step3": "ParAIsite Step III"}
     return ZooEntry(
         name=name,
@@ -178,35 +146,42 @@ def _ltc_entry(name: str, origin: str, measured: str) -> ZooEntry:
         property="lattice thermal conductivity",
         units="W/mK",
         columns=LTC_ENSEMBLE_COLUMNS,
-        data_reference=LTC_DATASETS.get(dataset, (dataset,))[0] + ("; AFLOW AGL (Step II)" if step == "step3" else ""),
+        data_reference=data_reference,
         model_reference=f"{steps.get(step, step)}; MEGNet (Chen et al. 2019)",
         published_error=measured,
         origin=origin,
     )
 
 
-def _ltc_entries() -> list[ZooEntry]:
-    from paraisite.zoo.shipping import shipped_manifests
+def shipped_card(name: str, manifest: dict) -> ModelCard | None:
+    """The card data shipped beside ``name``'s manifest (checked against its pin), ``None`` if it has none."""
+    return read_card(shipped_bundle_dir(name), manifest)
 
+
+def _ltc_entries() -> list[ZooEntry]:
     published = published_bundles()
     shipped = shipped_manifests()
-    origins = dict(PLANNED_LTC)
-    origins.update({name: f"{manifest['step']}/{manifest['dataset']}" for name, manifest in shipped.items()})
+    planned = planned_models()
     entries = []
-    for name, origin in sorted(origins.items()):
-        dataset = origin.split("/")[1]
+    for name in sorted(set(planned) | set(shipped)):
+        manifest, plan = shipped.get(name), planned.get(name)
+        card = None if manifest is None else shipped_card(name, manifest)
+        if manifest is not None:
+            origin = f"{manifest['step']}/{manifest['dataset']}"
+            data_reference = card.data_reference if card is not None else str(manifest["dataset"])
+        else:
+            assert plan is not None, "a name is shipped or planned"
+            origin, data_reference = plan.origin, plan.data_reference or plan.origin.split("/")[1]
+        full = None if plan is None else plan.figure("full")
         if name in published:
             measured = published[name].measured_error
-        elif name in shipped:
-            measured = shipped_error(shipped[name])
-        elif origin.startswith("step3/"):
-            measured = (
-                f"not yet published; full-budget ensemble: MAPE {FULL_STEP3_MAPE[dataset]}, behind "
-                f"ltc-step2-{dataset.lower()}"
-            )
+        elif manifest is not None:
+            measured = card.validation_error if card is not None else shipped_error(manifest)
+        elif plan is not None and full:
+            measured = f"not yet published; full-budget ensemble: MAPE {full}, behind {plan.instead}"
         else:
             measured = "not yet published"
-        entries.append(_ltc_entry(name, origin, measured))
+        entries.append(_ltc_entry(name, origin, measured, data_reference))
     return entries
 
 
@@ -384,10 +359,34 @@ def _domain_rule(max_percentile: float) -> str:
     )
 
 
-def _ltc_card(entry: ZooEntry) -> str:
-    from paraisite.zoo.shipping import shipped_manifests
+def _planned_errors(plan: PlannedModel | None) -> str:
+    """The card's errors of a planned (unshipped) ensemble, from ``planned.json``."""
+    if plan is None or plan.figure("full") is None:
+        return "**Errors.** Not measured yet for this ensemble."
+    full = plan.figures["full"]
+    text = (
+        f"**Errors.** Validation MAPE {plan.figure('full')}, mean (std) over the {full['members']} members, each on "
+        f"its own seed's 20 % split, for the full-budget ensemble ({full.get('budget', 'full profile')}; "
+        f"`{full.get('source', 'planned.json')}`)"
+    )
+    quick = plan.figures.get("quick")
+    if quick is not None:
+        text += (
+            f"; {plan.figure('quick')} for the quick-profile one ({quick.get('budget', 'quick profile')}; "
+            f"`{quick.get('source', 'planned.json')}`)"
+        )
+    if plan.instead:
+        text += (
+            f". It is not shipped: the ensemble `{plan.instead}`, trained with the same budget, scores better. A "
+            "published ensemble states its own figure under Status"
+        )
+    return text + "."
 
+
+def _ltc_card(entry: ZooEntry) -> str:
     shipped = shipped_manifests().get(entry.name)
+    card = None if shipped is None else shipped_card(entry.name, shipped)
+    plan = planned_models().get(entry.name)
     status = _ltc_status(entry, shipped, published_bundles().get(entry.name))
     step, dataset = entry.step, entry.dataset
     if step == "step3":
@@ -397,28 +396,24 @@ def _ltc_card(entry: ZooEntry) -> str:
         )
     else:
         what = f"initialised from the published MEGNet-MP-2018.6.1-Eform weights and trained on {dataset} (Step II)"
-    if shipped is not None:
-        errors = _shipped_figures(shipped)
-    elif step == "step3":
-        errors = (
-            f"**Errors.** Validation MAPE {FULL_STEP3_MAPE[dataset]}, mean (std) over the members, each on its own "
-            "seed's 20 % split, for the full-budget ensemble (9 seeds, 300 epochs, `protocol=clean`; "
-            f"`experiments/full-cpu-clean`); {QUICK_ENSEMBLE_MAPE[dataset]} for the quick-profile one (25 epochs, "
-            "AFLOW subsampled to 400 crystals; `experiments/zoo-quick`). It is not shipped: the Step II ensemble "
-            f"`ltc-step2-{dataset.lower()}`, trained with the same budget without the AFLOW step, scores better. A "
-            "published ensemble states its own figure under Status."
-        )
+    errors = _shipped_figures(shipped) if shipped is not None else _planned_errors(plan)
+    if card is not None:
+        training, use = card.training_data, [f"**Use it for.** {card.use_for}."]
+        if card.not_for:
+            use.append(f"**Not for.** {card.not_for}.")
+        if card.measured_text:
+            use.append(f"**Measured values.** {card.measured_text}.")
+        use.append(f"(Card data: `{card.path.name}` beside the manifest.)")
     else:
-        errors = "**Errors.** Not measured yet for this ensemble."
-    description = LTC_DATASETS.get(dataset, (dataset, dataset))[1]
-    training = description
-    if step == "step3":
-        training += f", after AFLOW AGL lattice thermal conductivities (Step II, {AFLOW_AGL})"
+        training = (plan.training_data if plan is not None else "") or dataset
+        instead = f"not shipped: use `{plan.instead}` (see Status)" if plan is not None and plan.instead else ""
+        use = [f"**Use it for.** {instead or 'see the errors below'}."]
+    uses = "\n\n".join(use)
     return f"""# {entry.name}
 
 **Status.** {status}
 
-**Use it for.** {LTC_RECOMMENDATION.get(dataset, "see the errors below")}.
+{uses}
 
 **What.** An ensemble of {ENSEMBLE_SEEDS} ParAIsite models (seeds 1-{ENSEMBLE_SEEDS}) predicting the lattice thermal
 conductivity (W/mK) of a crystal. Each member is a MEGNet backbone ({MEGNET_PAPER}) {what}, with the split of its
@@ -437,7 +432,7 @@ seed.
 figures, and per member: file, sha256, seed, validation MAPE) and the members' `.ckpt` files. Every sha256 is verified
 before loading; a mismatch is refused.
 
-**How to cite.** {PARAISITE_PAPER}; {MEGNET_PAPER}; and the data: {description} (as distributed by liudakl/ParAIsite),
+**How to cite.** {PARAISITE_PAPER}; {MEGNET_PAPER}; and the data: {training} (as distributed by liudakl/ParAIsite),
 {AFLOW_AGL}.
 
 **Limitations.** Trained on a few hundred crystals at most (AFLOW: a few thousand low-fidelity values): check

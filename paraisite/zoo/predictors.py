@@ -29,9 +29,11 @@ from paraisite.evaluation.metrics import DEFAULT_FIDELITY, DISTORTED_SOURCES_KEY
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
 from paraisite.zoo.bundle import MANIFEST, Bundle, installed_bundle_dir, is_bundle, read_bundle
-from paraisite.zoo.catalog import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS, catalog
+from paraisite.zoo.catalog import catalog
+from paraisite.zoo.columns import LTC_COLUMNS, LTC_ENSEMBLE_COLUMNS, LTC_INTERVAL_COLUMNS
 from paraisite.zoo.files import check_pinned_manifest
 from paraisite.zoo.published import fetch_bundle, published_bundles, site_table_errors
+from paraisite.zoo.shipped import shipped_bundle_dir
 
 if TYPE_CHECKING:
     from paraisite.models.regressor import LTCRegressor
@@ -322,8 +324,6 @@ def zoo_bundle(name: str, unavailable_message: str) -> Bundle:
     Looked up in this order: a bundle the user installed in ``<cache>/zoo/<name>`` (their explicit choice), the
     ensemble shipped in the package, a published release archive (fetched and verified).
     """
-    from paraisite.zoo.shipping import shipped_bundle_dir
-
     installed, shipped = installed_bundle_dir(name), shipped_bundle_dir(name)
     if is_bundle(installed):
         log.info("%s: using the bundle installed in %s", name, installed)

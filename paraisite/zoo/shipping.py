@@ -51,15 +51,13 @@ from paraisite.zoo.bundle import (
     BundleError,
     checked_runs,
     manifest_head,
-    parse_manifest,
 )
 from paraisite.zoo.files import DEFAULT_MAX_PERCENTILE, pin_manifest
 from paraisite.zoo.predictors import LTCPredictor, load_checkpoints
+from paraisite.zoo.shipped import SHIPPED_DIR, shipped_bundle_dir
 
 log = logging.getLogger(__name__)
 
-#: Where shipped ensembles live (package data).
-SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 #: Weight tensors with at least this many elements (and 2 dimensions) are stored as int8.
 MIN_QUANTISED = 1024
 #: Input columns sharing one int8 scale.
@@ -69,25 +67,6 @@ GROUP_SIZE = 32
 INT8_PREFIXES = ("head.",)
 #: In-domain rule evaluated for the card: no unseen element and latent percentile at most this (the scan default).
 DEFAULT_DOMAIN_PERCENTILE = DEFAULT_MAX_PERCENTILE
-
-
-def shipped_bundle_dir(name: str) -> Path:
-    """The package directory of shipped ensemble ``name`` (it may not exist)."""
-    return SHIPPED_DIR / name
-
-
-def shipped_manifests() -> dict[str, dict[str, Any]]:
-    """The manifests of the ensembles shipped in the package, by name (checked by :func:`parse_manifest`).
-
-    Only the manifests are read here; members are verified when an ensemble is loaded.
-    """
-    manifests = {}
-    for path in sorted(SHIPPED_DIR.glob(f"*/{MANIFEST}")):
-        manifest, _ = parse_manifest(path.read_bytes(), path)
-        if manifest["name"] != path.parent.name:
-            raise BundleError(f"{path}: names bundle {manifest['name']!r}, but lives in {path.parent.name!r}")
-        manifests[manifest["name"]] = manifest
-    return manifests
 
 
 def quantise_state_dict(

@@ -90,13 +90,15 @@ def test_both_helps_are_fast_and_point_to_each_other():
 def test_a_failed_training_run_prints_one_message_and_exits_1(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    arguments = ("-m", "paraisite.cli.train", "seeds=[1,1]", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    # passes the config check (any string may name weights), fails when the run starts
+    run_dir = f"hydra.run.dir={tmp_path / 'run'}"
+    arguments = ("-m", "paraisite.cli.train", "model.backbone.pretrained=no-such-weights", "logger=none", run_dir)
     result, _ = run_console(*arguments, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     message = [line for line in result.stderr.splitlines() if line.startswith("paraisite-train: error: ")]
     assert len(message) == 1, result.stderr
-    assert "seeds=[1, 1]" in message[0]
-    assert message[0].endswith(f"recorded in {tmp_path / 'run' / 'ensemble.json'}")
+    assert "'no-such-weights' is not a published MEGNetBackbone" in message[0]
+    assert message[0].endswith(f"recorded in {tmp_path / 'run' / 'metrics.json'}")
     assert "HYDRA_FULL_ERROR=1" in result.stderr  # Hydra's line: how to see the traceback
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 4, result.stderr

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from paraisite.cli.main import main
-from paraisite.zoo import shipping
+from paraisite.zoo import shipped
 from paraisite.zoo.bundle import MANIFEST
 from paraisite.zoo.files import MANIFEST_PINS, UnpinnedManifestError, check_pinned_manifest, manifest_pins
 from paraisite.zoo.predictors import load_predictor
@@ -96,7 +96,7 @@ def test_an_edited_shipped_manifest_is_refused_like_an_edited_member(tmp_path, m
     models = tmp_path / "models"
     shutil.copytree(SHIPPED_DIR / name, models / name)
     shutil.copyfile(SHIPPED_DIR / MANIFEST_PINS, models / MANIFEST_PINS)
-    monkeypatch.setattr(shipping, "SHIPPED_DIR", models)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", models)
     assert load_predictor(name).name == name
     manifest = json.loads((models / name / MANIFEST).read_text())
     manifest["calibration"]["quantiles"]["0.95"] = 0.0001  # an interval collapsed to nothing

@@ -34,6 +34,7 @@ from paraisite.zoo import shipped as shipped_module
 from paraisite.zoo.bundle import BundleIntegrityError, read_bundle
 from paraisite.zoo.cards import CARD, read_card
 from paraisite.zoo.catalog import catalog, get_entry, model_card
+from paraisite.zoo.files import pin_manifest
 from paraisite.zoo.predictors import load_predictor
 from paraisite.zoo.shipped import SHIPPED_DIR, shipped_manifests
 from paraisite.zoo.shipping import GROUP_SIZE, quantise_state_dict
@@ -143,6 +144,7 @@ def test_zoo_ship_writes_the_card_and_the_new_name_is_listed_carded_and_predicts
     assert card.validation["members"] == 3
     assert card.measured is None  # no --measured evidence given
     monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped.parent)
+    pin_manifest(shipped / "manifest.json")  # what `zoo ship` does when it ships into the package
     assert main(["zoo", "list"]) == 0
     assert NAME in capsys.readouterr().out
     entry = catalog()[NAME]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from paraisite.zoo.files import scan_log_path
 from tests.helpers import read_rows
 from tests.test_input_bounds import cubic_group_cif
 
@@ -96,8 +97,9 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
 
 def test_a_worker_killed_by_a_signal_costs_only_its_file(tmp_path, inputs):
     output = tmp_path / "scan.csv"
+    log = scan_log_path(output)  # rows in input order as they are predicted; ``output`` gets the ranking at the end
     process = start("scan", inputs, output)
-    wait_for(lambda: data_lines(output) == 3, "the three small files")  # only the slow file is in flight now
+    wait_for(lambda: data_lines(log) == 3, "the three small files")  # only the slow file is in flight now
     server = [pid for pid in descendants(process.pid) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     workers = [pid for pid in descendants(server[0]) if alive(pid)]
     assert len(workers) == 2
@@ -105,8 +107,9 @@ def test_a_worker_killed_by_a_signal_costs_only_its_file(tmp_path, inputs):
         os.kill(pid, signal.SIGKILL)
     code, stderr = finish(process)
     assert code == 3, stderr
-    rows = read_rows(output)
+    rows = read_rows(log)
     assert [row["path"] for row in rows] == inputs
+    assert {row["path"] for row in read_rows(output)} == set(inputs)
     assert [row["error"] for row in rows[:3]] == ["", "", ""]
     assert rows[3]["error"] == (
         f"{inputs[3]}: its worker process was killed by signal 9 (SIGKILL), likely out of memory "
@@ -120,7 +123,7 @@ def test_a_file_past_the_time_limit_costs_only_itself(tmp_path, inputs):
     inputs = [inputs[3], *inputs[:3]]  # first: the others are predicted while (and after) it runs out of time
     code, stderr = finish(start("scan", inputs, output, PARAISITE_FILE_SECONDS="3"))
     assert code == 3, stderr
-    rows = read_rows(output)
+    rows = read_rows(scan_log_path(output))  # input order (``output`` is the ranking)
     assert [row["path"] for row in rows] == inputs
     assert rows[0]["error"] == (
         f"{inputs[0]}: took more than the 3 s per-file limit (PARAISITE_FILE_SECONDS) while it read this file or "

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ from omegaconf import OmegaConf
 
 from paraisite.cli.main import main
 from paraisite.config import config_dir
+from paraisite.kappa.conductivity import thermal_conductivity
+from paraisite.kappa.force_constants import build_force_constants, imaginary_modes
 from paraisite.kappa.potentials import ALIASES, POTENTIALS, float64, load_calculator, potential_entry
+from paraisite.kappa.relax import standard_cell
 from paraisite.kappa.settings import KappaSettings, load_settings
 from paraisite.models.physics import potential_sha256
 
@@ -185,3 +189,43 @@ def test_a_bad_file_stops_the_command_before_any_work(tmp_path):
     assert result.returncode == 1
     assert f"paraisite kappa: error: {bad}: cannot read a crystal structure" in result.stderr
     assert not output.exists()
+
+
+@pytest.fixture(scope="module")
+def silicon_force_constants():
+    """fc2 and fc3 of relaxed-lattice silicon (quick protocol: fc3 in the 8-atom cell, fc2 in 64 atoms)."""
+    settings = load_settings("quick")
+    with float64():
+        calculator = load_calculator("tensornet-matpes")
+        unitcell = standard_cell(bulk("Si", "diamond", a=5.469), settings.symprec)
+        return build_force_constants(unitcell, calculator, settings), calculator, unitcell
+
+
+def test_scattering_options_move_kappa_the_way_physics_says(silicon_force_constants):
+    force_constants, _, _ = silicon_force_constants
+    quick = load_settings("quick", ["temperatures=[300,600]"])
+    rta = thermal_conductivity(force_constants, quick)
+    assert rta.mesh == (8, 8, 8)  # 25 Å x |b| = 25 x sqrt(3) / 5.469 Å = 7.9
+    assert rta.scalar[1] < rta.scalar[0] / 1.6  # umklapp: roughly 1/T at high temperature
+    isotopes = thermal_conductivity(force_constants, replace(quick, isotopes=True))
+    assert np.all(isotopes.scalar < rta.scalar)  # one more scattering channel
+    lbte = thermal_conductivity(force_constants, replace(quick, method="LBTE"))
+    assert np.all(lbte.scalar > rta.scalar)  # RTA treats normal processes as resistive: it underestimates Si
+    assert np.all(lbte.scalar < 1.3 * rta.scalar)
+    wigner = thermal_conductivity(force_constants, replace(quick, wigner=True))
+    assert np.all(wigner.scalar >= rta.scalar)  # coherences add a non-negative term, tiny in a simple crystal
+    assert np.all(wigner.scalar < 1.05 * rta.scalar)
+
+
+def test_random_displacements_fitted_by_symfc_agree_with_the_systematic_ones(silicon_force_constants):
+    force_constants, calculator, unitcell = silicon_force_constants
+    quick = load_settings("quick")
+    systematic = thermal_conductivity(force_constants, quick).scalar[0]
+    random_settings = replace(quick, random_displacements=40)
+    with float64():
+        fitted = build_force_constants(unitcell, calculator, random_settings)
+    assert fitted.fc3_displacements == 40
+    assert thermal_conductivity(fitted, random_settings).scalar[0] == pytest.approx(systematic, rel=0.1)
+    modes = imaginary_modes(fitted, (8, 8, 8), quick.imaginary_tolerance_thz)
+    assert modes.count == 0
+    assert modes.total == 8**3 * 6

@@ -3,7 +3,8 @@
 The unit cell is the standardised conventional cell of the relaxed crystal; phono3py finds its primitive cell
 (``primitive_matrix="auto"``). fc3 and fc2 each get their own diagonal supercell (:func:`supercell_multiples`).
 Systematic displacements are phono3py's symmetry-reduced single (fc2) and pair (fc3) displacements, solved by
-phono3py's own solver; random displacements (every atom moved, a given number of supercells) are fitted by symfc.
+phono3py's own solver; random displacements for fc3 (every atom moved, a given number of supercells) are fitted by
+symfc, fc2 keeping its few systematic single displacements.
 """
 
 from __future__ import annotations
@@ -108,13 +109,13 @@ def build_force_constants(
         phono3py.generate_displacements(
             distance=settings.displacement, cutoff_pair_distance=settings.fc3_cutoff_pair_distance
         )
-        phono3py.generate_fc2_displacements(distance=settings.displacement)
         solver = None
     else:
-        snapshots = {"number_of_snapshots": random, "random_seed": settings.random_seed}
-        phono3py.generate_displacements(distance=settings.displacement, **snapshots)
-        phono3py.generate_fc2_displacements(distance=settings.displacement, **snapshots)
+        phono3py.generate_displacements(
+            distance=settings.displacement, number_of_snapshots=random, random_seed=settings.random_seed
+        )
         solver = "symfc"
+    phono3py.generate_fc2_displacements(distance=settings.displacement)  # a few single displacements: cheap
     times = {}
     started = time.perf_counter()
     fc3_cells = phono3py.supercells_with_displacements
@@ -126,7 +127,7 @@ def build_force_constants(
     times["fc2_forces"] = time.perf_counter() - started
     started = time.perf_counter()
     phono3py.produce_fc3(fc_calculator=solver)
-    phono3py.produce_fc2(fc_calculator=solver)
+    phono3py.produce_fc2()
     times["fc_solve"] = time.perf_counter() - started
     return ForceConstants(
         phono3py,
@@ -143,8 +144,8 @@ class ImaginaryModes:
     """The harmonic phonons' check: modes on the mesh below ``-tolerance`` THz.
 
     Attributes:
-        count: Modes (of all bands at all mesh points) with a frequency below ``-tolerance``.
-        total: All modes on the mesh.
+        count: Modes (of all bands at all points of the full mesh) with a frequency below ``-tolerance``.
+        total: All modes on the full mesh.
         min_frequency_thz: The lowest frequency (negative: imaginary).
     """
 
@@ -166,6 +167,7 @@ def imaginary_modes(force_constants: ForceConstants, mesh: Sequence[int], tolera
     )
     phonopy.force_constants = phono3py.fc2
     phonopy.run_mesh(list(mesh), with_eigenvectors=False, is_gamma_center=True)
-    frequencies = np.asarray(phonopy.mesh.frequencies)  # type: ignore[union-attr]
-    count = int((frequencies < -tolerance_thz).sum())
-    return ImaginaryModes(count, int(frequencies.size), float(frequencies.min()))
+    frequencies = np.asarray(phonopy.mesh.frequencies)  # type: ignore[union-attr]  # irreducible points only
+    weights = np.asarray(phonopy.mesh.weights)  # type: ignore[union-attr]  # each one's points in the full mesh
+    count = int((weights[:, None] * (frequencies < -tolerance_thz)).sum())
+    return ImaginaryModes(count, int(weights.sum()) * frequencies.shape[1], float(frequencies.min()))

@@ -36,9 +36,10 @@ class KappaSettings:
         fc2_min_length: The same for the fc2 (harmonic) supercell: 20 Å gives 4x4x4.
         fc3_cutoff_pair_distance: Pairs of displaced atoms farther apart than this (Å) are not computed (their
             fc3 is zero); ``None`` computes all.
-        random_displacements: ``None``: systematic displacements (phono3py's symmetry-reduced set). An integer
-            or ``"auto"``: that many supercells with every atom displaced randomly by ``displacement``, fitted by
-            symfc (for large cells; ``"auto"`` is symfc's estimate of the minimum times 4).
+        random_displacements: ``None``: systematic fc3 displacements (phono3py's symmetry-reduced pairs). An
+            integer or ``"auto"``: that many fc3 supercells with every atom displaced randomly by ``displacement``,
+            fitted by symfc (for large cells; ``"auto"`` is symfc's estimate of the minimum times 4). fc2 always
+            takes phono3py's few systematic single displacements.
         random_seed: Seed of the random displacements.
         mesh_length: Reciprocal-space sampling as a length (Å): ``max(1, round(mesh_length * |b_i|))`` points
             along each reciprocal vector ``b_i`` of the primitive cell (no 2 pi); 50 Å gives 15x15x15 for

@@ -159,13 +159,15 @@ def imaginary_modes(force_constants: ForceConstants, mesh: Sequence[int], tolera
     from phonopy import Phonopy
 
     phono3py = force_constants.phono3py
+    supercell = phono3py.phonon_supercell_matrix  # None when fc2 shares the fc3 supercell
     phonopy = Phonopy(
         phono3py.unitcell,
-        supercell_matrix=phono3py.phonon_supercell_matrix,
+        supercell_matrix=phono3py.supercell_matrix if supercell is None else supercell,
         primitive_matrix=phono3py.primitive_matrix,
         log_level=0,
     )
     phonopy.force_constants = phono3py.fc2
+    phonopy.nac_params = phono3py.nac_params  # None from paraisite's potentials; DFT data sets may carry it
     phonopy.run_mesh(list(mesh), with_eigenvectors=False, is_gamma_center=True)
     frequencies = np.asarray(phonopy.mesh.frequencies)  # type: ignore[union-attr]  # irreducible points only
     weights = np.asarray(phonopy.mesh.weights)  # type: ignore[union-attr]  # each one's points in the full mesh

@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="result cache (keep it outside the work tree)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-only", action="store_true", help="only rebuild results.csv and table.md")
+    parser.add_argument("--only", nargs="+", metavar="ID", help="run only these Dataset1 ids (e.g. one cached already)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     (args.out / "crystals").mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ def main() -> None:
     if args.cache_dir is None:
         parser.error("--cache-dir is required to run (keep it outside the work tree)")
     runner = KappaRunner(args.potential, load_settings(args.protocol), args.cache_dir)
-    crystals = select(args.families)
+    crystals = [crystal for crystal in select(args.families) if not args.only or crystal[0] in args.only]
     log.info("%d crystals of %s", len(crystals), ", ".join(args.families))
     for index, (cid, formula, label, atoms, family) in enumerate(crystals, 1):
         path = args.out / "crystals" / f"{cid}.json"

@@ -132,12 +132,15 @@ def test_si_end_to_end_through_the_command_then_from_the_cache(tmp_path):
     structure = tmp_path / "Si.vasp"
     structure.write_text(SI_POSCAR)
     output, cache = tmp_path / "kappa.csv", tmp_path / "cache"
-    args = [str(structure), "-o", str(output), "--protocol", "quick", "--cache-dir", str(cache)]
+    args = [str(structure), "-o", str(output), "--protocol", "quick", "--set", "temperatures=[300,600]"]
+    args += ["--cache-dir", str(cache)]
     started = time.perf_counter()
     first = run_cli(*args)
     first_seconds = time.perf_counter() - started
     assert first.returncode == 0, first.stderr
-    (row,) = read_csv(output)
+    row, hot = read_csv(output)
+    assert (row["temperature_K"], hot["temperature_K"]) == ("300.0", "600.0")
+    assert float(hot["kappa_W_per_mK"]) < float(row["kappa_W_per_mK"]) / 1.6  # umklapp: roughly 1/T
     assert row["spacegroup_input"] == row["spacegroup_relaxed"] == "Fd-3m (227)"
     assert (row["fc3_supercell"], row["fc2_supercell"], row["atoms_primitive"]) == ("1x1x1", "2x2x2", "2")
     assert row["imaginary_modes"] == "0"
@@ -157,9 +160,10 @@ def test_si_end_to_end_through_the_command_then_from_the_cache(tmp_path):
     second = run_cli(*args)
     second_seconds = time.perf_counter() - started
     assert second.returncode == 0, second.stderr
-    (again,) = read_csv(output)
-    assert again["cached"] == "True"
+    again, hot_again = read_csv(output)
+    assert again["cached"] == hot_again["cached"] == "True"
     assert again["kappa_W_per_mK"] == row["kappa_W_per_mK"]
+    assert hot_again["kappa_W_per_mK"] == hot["kappa_W_per_mK"]
     assert second_seconds < first_seconds
 
 

@@ -40,10 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
-        nargs="+",
+        action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override settings, e.g. --set method=LBTE isotopes=true temperatures=[300,600]",
+        help="override one setting (repeat for more), e.g. --set method=LBTE --set temperatures=[300,600]",
     )
     parser.add_argument("--lbte", action="store_true", help="solve the LBTE directly instead of RTA (method=LBTE)")
     parser.add_argument("--isotopes", action="store_true", help="add isotope scattering (isotopes=true)")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from paraisite.cli import baseline as baseline_cli
 from paraisite.cli import data as data_cli
+from paraisite.cli import kappa as kappa_cli
 from paraisite.cli import plot as plot_cli
 from paraisite.cli import predict as predict_cli
 from paraisite.cli import state as state_cli
@@ -24,7 +25,7 @@ from paraisite.cli import table as table_cli
 from paraisite.cli import zoo as zoo_cli
 
 #: Modules that contribute sub-commands; each has ``add_parser(subparsers)`` that sets ``func``.
-COMMAND_MODULES = [data_cli, table_cli, status_cli, state_cli, zoo_cli, predict_cli, baseline_cli, plot_cli]
+COMMAND_MODULES = [data_cli, table_cli, status_cli, state_cli, zoo_cli, predict_cli, baseline_cli, plot_cli, kappa_cli]
 
 
 #: What ``paraisite --help`` says first: for users, not developers.

@@ -1,0 +1,143 @@
+"""Benchmark `paraisite kappa` on Dataset1's own crystals: resumable, one crystal at a time, table as it goes.
+
+Selects Dataset1's crystals by structure (default: rocksalt, space group 225, and zincblende, 216, each with a
+2-atom primitive cell), runs the kappa protocol on each with one potential (results cached by structure, potential
+sha256 and settings: an interrupted run resumes, a finished crystal is never recomputed), and after every crystal
+writes ``<out>/crystals/<id>.json`` and rebuilds ``<out>/results.csv`` and ``<out>/table.md`` (MAPE, Spearman and
+mean log10 ratio against Dataset1's labels, per-stage times).
+
+    PARAISITE_MIRROR=/work/shared/mirror OMP_NUM_THREADS=1 nice -n 19 python experiments/kappa-bte/run.py \
+        --cache-dir ~/.cache/paraisite-kappa-bench --out experiments/kappa-bte/tensornet-matpes
+    python experiments/kappa-bte/run.py --table-only --out experiments/kappa-bte/tensornet-matpes
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from paraisite.data.sources import load_source
+from paraisite.kappa.pipeline import STAGES, KappaRunner
+from paraisite.kappa.relax import spacegroup, to_atoms
+from paraisite.kappa.settings import load_settings
+
+log = logging.getLogger("kappa-bte")
+#: Structure families: space-group number -> name (2-atom primitive cells only).
+FAMILIES = {225: "rocksalt", 216: "zincblende", 186: "wurtzite"}
+
+
+def select(families: list[str]) -> list[tuple[str, str, float, object, str]]:
+    """Dataset1 crystals of the chosen families: ``(id, formula, label, atoms, family)``."""
+    wanted = {number for number, name in FAMILIES.items() if name in families}
+    chosen = []
+    for record in load_source("dataset1").records:
+        atoms = to_atoms(record.structure)
+        primitive = record.structure.get_primitive_structure()
+        number = int(spacegroup(atoms, 1e-3).rsplit("(", 1)[1].rstrip(")"))
+        atoms_wanted = 4 if number == 186 else 2
+        if number in wanted and len(primitive) == atoms_wanted:
+            chosen.append((record.id, record.formula, record.tc, atoms, FAMILIES[number]))
+    # families interleaved (dataset order within each), so that a partial run covers them all
+    by_family = [[crystal for crystal in chosen if crystal[4] == family] for family in families]
+    return [crystal for group in itertools.zip_longest(*by_family) for crystal in group if crystal is not None]
+
+
+def table(out: Path) -> None:
+    """Rebuild ``results.csv`` and ``table.md`` from ``<out>/crystals/*.json``."""
+    rows = [json.loads(path.read_text()) for path in sorted((out / "crystals").glob("*.json"))]
+    done = [row for row in rows if not row.get("error")]
+    with open(out / "results.csv", "w", newline="") as stream:
+        columns = [
+            "id", "formula", "family", "label_W_per_mK", "kappa_W_per_mK", "log10_ratio", "imaginary_modes",
+            "min_frequency_THz", "volume_change", "fc3_supercell", "fc2_supercell", "fc3_displacements", "mesh",
+            *(f"time_{stage}_s" for stage in STAGES), "error",
+        ]  # fmt: skip
+        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            times = {f"time_{s}_s": round(row.get("times", {}).get(s, float("nan")), 1) for s in STAGES}
+            writer.writerow({**row, **times})
+    lines = [f"# kappa-bte: {rows[0]['potential'] if done else ''} vs Dataset1 labels", ""]
+    updated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines.append(f"{len(done)} crystals done, {len(rows) - len(done)} refused; updated {updated}.")
+    lines.append("")
+    if done:
+        pred = np.array([row["kappa_W_per_mK"] for row in done])
+        label = np.array([row["label_W_per_mK"] for row in done])
+        ratio = np.log10(pred / label)
+        rho = spearmanr(pred, label).statistic if len(done) > 2 else float("nan")
+        lines += [
+            "| crystals | MAPE | Spearman | mean log10(BTE/label) | median BTE/label | imaginary (crystals) |",
+            "|---|---|---|---|---|---|",
+            (
+                f"| {len(done)} | {np.mean(np.abs(pred - label) / label):.3f} | {rho:.3f} | {ratio.mean():+.3f} | "
+                f"{10 ** np.median(ratio):.2f} | {sum(row['imaginary_modes'] > 0 for row in done)} |"
+            ),
+            "",
+            "Median seconds per stage (one thread, nice 19, beside the lead's training): "
+            + ", ".join(f"{s} {statistics.median(row['times'][s] for row in done):.0f}" for s in STAGES),
+            "",
+            "| id | formula | family | label | BTE | BTE/label | imaginary | total s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in done:
+            lines.append(
+                f"| {row['id']} | {row['formula']} | {row['family']} | {row['label_W_per_mK']:.3g} | "
+                f"{row['kappa_W_per_mK']:.3g} | {row['kappa_W_per_mK'] / row['label_W_per_mK']:.2f} | "
+                f"{row['imaginary_modes']} | {row['times']['total']:.0f} |"
+            )
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"\nRefused: {row['id']} ({row['formula']}): {row['error']}")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    """Run (or only tabulate) the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--potential", default="TensorNet-MatPES-PBE-v2025.1-PES")
+    parser.add_argument("--protocol", default="default")
+    parser.add_argument("--families", nargs="+", default=["rocksalt", "zincblende"], choices=sorted(FAMILIES.values()))
+    parser.add_argument("--cache-dir", type=Path, help="result cache (keep it outside the work tree)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--table-only", action="store_true", help="only rebuild results.csv and table.md")
+    parser.add_argument("--only", nargs="+", metavar="ID", help="run only these Dataset1 ids (e.g. one cached already)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    (args.out / "crystals").mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        table(args.out)
+        return
+    if args.cache_dir is None:
+        parser.error("--cache-dir is required to run (keep it outside the work tree)")
+    runner = KappaRunner(args.potential, load_settings(args.protocol), args.cache_dir)
+    crystals = [crystal for crystal in select(args.families) if not args.only or crystal[0] in args.only]
+    log.info("%d crystals of %s", len(crystals), ", ".join(args.families))
+    for index, (cid, formula, label, atoms, family) in enumerate(crystals, 1):
+        path = args.out / "crystals" / f"{cid}.json"
+        log.info("[%d/%d] %s %s (%s, label %.3g W/mK)", index, len(crystals), cid, formula, family, label)
+        base = {"id": cid, "formula": formula, "family": family, "label_W_per_mK": label}
+        try:
+            result = runner.run(atoms, cid)
+        except Exception as error:  # one crystal never stops the batch; its error is recorded
+            log.exception("%s refused", cid)
+            row = {**base, "error": f"{type(error).__name__}: {error}", "potential": runner.potential}
+        else:
+            kappa = result["kappa"][result["temperatures"].index(300.0)]
+            row = {**result, **base, "kappa_W_per_mK": kappa, "log10_ratio": math.log10(kappa / label)}
+        path.write_text(json.dumps(row, indent=1, sort_keys=True) + "\n")
+        table(args.out)
+
+
+if __name__ == "__main__":
+    main()

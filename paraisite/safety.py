@@ -87,26 +87,48 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[str | None]:
-    """Try to hold an exclusive ``flock`` on ``path`` (created if missing, left in place) for the ``with`` block.
+def exclusive_lock(path: Path, remove: bool = False) -> Iterator[str | None]:
+    """Try to hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
 
     Yields ``None`` when this process holds it (its pid is then written in the file), else what the holder wrote
     there (its pid; "" if unknown), without waiting. The kernel releases the lock when its holder dies, so a killed
     process leaves no stale lock.
+
+    ``remove``: the holder deletes the file when its block ends (else it is left in place). A process that opened the
+    file just before its holder removed it would then lock a file no longer in the folder: after locking, the lock is
+    kept only if ``path`` still names the locked file, else it is taken again.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+                return
+            if remove and not _names(path, descriptor):
+                continue
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield None
+            finally:
+                if remove:
+                    path.unlink(missing_ok=True)  # while still held: nobody else can hold this file
             return
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        yield None
-    finally:
-        os.close(descriptor)  # releases the lock
+        finally:
+            os.close(descriptor)  # releases the lock
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    held = os.fstat(descriptor)
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 class UnsafePathError(ValueError):

@@ -54,11 +54,10 @@ def stage_rows(log_dir: Path, task: str, dataset: str) -> tuple[list[dict], dict
     return pooled, dict(per_seed)
 
 
-def scores_of(rows: list[dict], fidelity: str, column: str | None = None) -> dict[str, float]:
-    """Scores of the rows of one fidelity, each predicted at that fidelity (or in ``column``)."""
+def scores_of(rows: list[dict], fidelity: str) -> dict[str, float]:
+    """Scores of the rows of one fidelity, each predicted at that fidelity."""
     picked = [r for r in rows if r["fidelity"] == fidelity]
-    column = column or f"pred_{fidelity}"
-    return fidelity_scores([r[column] for r in picked], [r["tc_true"] for r in picked])
+    return fidelity_scores([r[f"pred_{fidelity}"] for r in picked], [r["tc_true"] for r in picked])
 
 
 def model_tables(log_dir: Path) -> tuple[dict, dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from pymatgen.core import Element, Structure
 
@@ -120,23 +120,9 @@ def source_families(source: str) -> dict[str, tuple[str, str]]:
     return result
 
 
-def members_by_group(groups: dict[str, str]) -> dict[str, list[str]]:
-    """Crystal keys per group."""
-    result: dict[str, list[str]] = defaultdict(list)
-    for key, group in groups.items():
-        result[group].append(key)
-    return dict(result)
-
-
 def shared_groups(folds: dict[str, int], groups: dict[str, str]) -> list[str]:
     """Groups whose crystals sit in more than one fold (should be none)."""
     seen: dict[str, set[int]] = defaultdict(set)
     for key, fold in folds.items():
         seen[groups[key]].add(fold)
     return sorted(group for group, where in seen.items() if len(where) > 1)
-
-
-def fold_sizes(folds: dict[str, int], keys: Sequence[str] | None = None) -> list[int]:
-    """Crystals per fold (of ``keys`` only, if given)."""
-    counts = Counter(folds[k] for k in (keys if keys is not None else folds))
-    return [counts.get(f, 0) for f in range(max(folds.values()) + 1)]

@@ -6,12 +6,13 @@ Light on purpose (no torch, pymatgen or pandas): the CLI runs these checks, and 
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from paraisite.safety import exclusive_lock
 
 #: Names taken from folders (case-insensitive); files named on the command line are always tried.
 STRUCTURE_PATTERNS = (
@@ -106,47 +107,13 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
     """
     output = Path(output)
     lock = output.with_name(f"{output.name}.lock")
-    with _removed_lock(lock) as holder:
+    with exclusive_lock(lock, remove=True) as holder:
         if holder is not None:
             raise OutputError(
                 f"{output}: another paraisite scan (pid {holder or 'unknown'}) is writing this file (lock {lock}); "
                 "wait for it to finish or choose another output"
             )
         yield lock
-
-
-@contextmanager
-def _removed_lock(path: Path) -> Iterator[str | None]:
-    """Like :func:`paraisite.safety.exclusive_lock`, but the holder removes the file when its block ends.
-
-    A process that opened the file just before its holder removed it would lock a file no longer in the folder:
-    after locking, the lock is kept only if ``path`` still names the locked file, else it is taken again.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield os.pread(descriptor, 64, 0).decode(errors="replace").strip()
-                return
-            held = os.fstat(descriptor)
-            try:
-                named = os.stat(path)
-            except FileNotFoundError:
-                continue
-            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
-                continue
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-            try:
-                yield None
-            finally:
-                path.unlink(missing_ok=True)  # while still held: nobody else can hold this file
-            return
-        finally:
-            os.close(descriptor)  # releases the lock
 
 
 #: What ``scan`` appends to as it goes (rows in input order; a re-run resumes from it), beside its ``-o``.

@@ -58,3 +58,26 @@ def test_calibration_round_trips_and_refuses_nonsense():
         intervals.LogIntervals.from_dict(bad, "m.json")
     with pytest.raises(ValueError, match="space"):
         intervals.LogIntervals.from_dict({**calibration.to_dict(), "space": "log10(TC+1)"}, "m.json")
+
+
+def test_interval_of_member_predictions_is_centred_on_their_log_mean():
+    calibration = intervals.LogIntervals({0.68: 1.0, 0.95: 2.0}, 0.1, "test", 10)
+    member_tc = np.array([[1.0, 100.0], [10.0, 100.0]])  # log10: 0 and 1 (centre 0.5, std 0.5); 2 and 2
+    low, high = calibration.interval(member_tc, 0.95)
+    np.testing.assert_allclose(low, [10 ** (0.5 - 2.0 * 0.6), 10 ** (2 - 2.0 * 0.1)])
+    np.testing.assert_allclose(high, [10 ** (0.5 + 2.0 * 0.6), 10 ** (2 + 2.0 * 0.1)])
+
+
+def test_read_calibration_takes_every_stored_form_and_names_the_file_on_nonsense():
+    from paraisite.evaluation.uncertainty import Calibration
+
+    measured = intervals.LogIntervals({0.68: 1.1, 0.95: 2.3}, 0.5, "measured folds", 155)
+    agl = intervals.LogIntervals({0.68: 1.0, 0.95: 1.9}, 1.0, "agl folds", 3643)
+    by_fidelity = intervals.FidelityIntervals(measured=measured, agl=agl)
+    assert intervals.read_calibration(by_fidelity.to_dict(), "m.json") == by_fidelity
+    assert intervals.read_calibration(measured.to_dict(), "m.json") == measured
+    older = Calibration({0.95: 3.0}, "own validation", 214)
+    assert intervals.read_calibration(older.to_dict(), "m.json") == older
+    for bad in ([], {"space": "log10(TC)", "by_fidelity": {}}, {"space": "log10(TC+1)", "by_fidelity": {"a": {}}}):
+        with pytest.raises(ValueError, match=r"m\.json: malformed interval calibration"):
+            intervals.read_calibration(bad, "m.json")

@@ -63,6 +63,24 @@ def test_a_source_whose_fidelity_is_not_listed_is_refused():
         dm.setup()
 
 
+def test_oversampling_repeats_a_sources_training_rows_and_nothing_else():
+    plain = LTCDataModule("MF", ["dataset1", "measured"], fidelities=FIDELITIES, max_per_source=40)
+    weighted = LTCDataModule(
+        "MF", ["dataset1", "measured"], fidelities=FIDELITIES, max_per_source=40, oversample={"measured": 3}
+    )
+    plain.setup()
+    weighted.setup()
+    count = {s: sum(x.source == s for x in plain.train_set.samples) for s in ("dataset1", "measured")}
+    assert count["measured"] > 0
+    assert len(weighted.train_set) == count["dataset1"] + 3 * count["measured"]
+    assert set(weighted.train_set.samples) == set(plain.train_set.samples)
+    assert weighted.val_set.samples == plain.val_set.samples
+    assert weighted.target_stats == plain.target_stats  # the statistics see each crystal once
+    for bad, message in (({"aflow": 2}, "not one of the sources"), ({"measured": 0}, "whole number from 1")):
+        with pytest.raises(ValueError, match=message):
+            LTCDataModule("MF", ["dataset1", "measured"], oversample=bad)
+
+
 def test_substitution_family_links_column_twins_not_other_structures():
     pbte, pbse, snte = rocksalt("Pb", "Te", 6.46), rocksalt("Pb", "Se", 6.12), rocksalt("Sn", "Te", 6.31)
     nacl = rocksalt("Na", "Cl", 5.64)

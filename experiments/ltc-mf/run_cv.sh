@@ -3,7 +3,8 @@
 # (step2 on AFLOW -> step4_abinitio -> step4) on the same folds, at about equal compute.
 # Usage: experiments/ltc-mf/run_cv.sh LOG_DIR [FOLDS...]   (resumable: completed jobs are skipped)
 # Settings (environment): SEEDS (default [1,2,3]), EPOCHS (50), AFLOW_MAX (1000: AFLOW subsampled per fold),
-# CV_SEED (0), STAGES ("mf chain": the multi-fidelity model, then the chain; each over all FOLDS before the next),
+# CV_SEED (0), STAGES ("mf chain": the multi-fidelity model, then the chain; each over all FOLDS before the next;
+# "mfft" fine-tunes the stage-mf model of each seed on the measured values at the measured fidelity),
 # EXTRA (more overrides, e.g. "trainer.limit_train_batches=2").
 set -euo pipefail
 LOG_DIR=${1:?usage: run_cv.sh LOG_DIR [FOLDS...]}
@@ -23,6 +24,10 @@ for stage in $STAGES; do
     if [ "$stage" = mf ]; then
       # shellcheck disable=SC2086
       paraisite-train "${common[@]}" experiment=mf $EXTRA
+    elif [ "$stage" = mfft ]; then
+      # shellcheck disable=SC2016,SC2086
+      paraisite-train "${common[@]}" experiment=step4 task_name=mf_ft 'data.fidelities=[agl,ab-initio,measured]' \
+        'init_from="${paths.log_dir}/${group}/${run_path:mf,MF,${seed}}"' $EXTRA
     else
       # shellcheck disable=SC2086
       paraisite-train "${common[@]}" experiment=step2 data=aflow $EXTRA

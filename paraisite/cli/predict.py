@@ -31,6 +31,7 @@ from paraisite.zoo.files import (
     output_lock,
     structure_paths,
 )
+from paraisite.zoo.shipped import RECOMMENDED_LTC_MODEL
 from paraisite.zoo.workers import start_worker_server, worker_preload
 
 if TYPE_CHECKING:
@@ -72,7 +73,10 @@ def _non_negative_int(text: str) -> int:
 
 def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
     parser.add_argument(
-        "--model", required=True, help="zoo name (`paraisite zoo list`), .ckpt file, run directory or bundle directory"
+        "--model",
+        default=RECOMMENDED_LTC_MODEL,
+        help="zoo name (`paraisite zoo list`), .ckpt file, run directory or bundle directory (default %(default)s, "
+        "the recommended LTC model: it learnt measured values and its intervals are calibrated out of family)",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="structure files (any pymatgen format) or folders")
     parser.add_argument("-o", "--output", default=default_output, help=f"CSV to write (default {default_output})")

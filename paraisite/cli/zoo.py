@@ -44,6 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     ship.add_argument("-o", "--output", help="directory to create (default: paraisite/zoo/models/<name>)")
     ship.add_argument("--evidence", help="directory for the per-row CSVs behind the figures")
+    ship.add_argument(
+        "--intervals",
+        help="JSON of intervals calibrated out of family (experiments/ltc-mf/build_tables.py: intervals.json); "
+        "replaces the own-validation calibration",
+    )
     ship.add_argument("--use-for", default="", help="card: what the ensemble is for (one line)")
     ship.add_argument("--not-for", default="", help="card: what it should not be used for")
     ship.add_argument("--training-data", default="", help="card: its training data, described (default: the dataset)")
@@ -89,6 +94,11 @@ def _status(entry: ZooEntry, published: Collection[str]) -> str:
         return "shipped (offline)"
     if entry.family == "cgcnn" or entry.name in published:
         return "published"
+    from paraisite.zoo.cards import planned_models
+
+    plan = planned_models().get(entry.name)
+    if plan is not None and plan.removed and plan.instead:
+        return f"not shipped: use {plan.instead}"
     return "not yet published"
 
 
@@ -141,7 +151,14 @@ def run_ship(args: argparse.Namespace) -> int:
     from paraisite.zoo.shipping import ship_ensemble
 
     path = ship_ensemble(
-        args.sweep, args.step, args.dataset, args.name, args.cross, output=args.output, evidence=args.evidence
+        args.sweep,
+        args.step,
+        args.dataset,
+        args.name,
+        args.cross,
+        output=args.output,
+        evidence=args.evidence,
+        intervals=args.intervals,
     )
     manifest = json.loads(path.read_text())
     card = card_data(

@@ -128,6 +128,20 @@ def _holdout_settings(holdout: Any, sources: Sequence[str]) -> dict[str, Any]:
     return {"folds": folds, "fold": fold, "seed": seed, "over": over}
 
 
+def _oversample_settings(oversample: Any, sources: Sequence[str]) -> dict[str, int]:
+    """``{source: k}`` checked: known sources, whole factors >= 1."""
+    if not oversample:
+        return {}
+    settings = {}
+    for source, factor in dict(oversample).items():
+        if source not in sources:
+            raise ValueError(f"data.oversample: {source!r} is not one of the sources {list(sources)}")
+        if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= 100:
+            raise ValueError(f"data.oversample.{source}={factor!r}: a whole number from 1 to 100")
+        settings[str(source)] = factor
+    return settings
+
+
 def feature_statistics(rows: torch.Tensor) -> dict[str, list[float]]:
     """Per-column mean and std of ``[n, k]`` features, NaN left out; a column without spread gets std 1."""
     rows = rows.double()
@@ -173,6 +187,8 @@ class LTCDataModule(pl.LightningDataModule):
             twins, :mod:`paraisite.data.groups`, never split) leave training and validation, in every source, and
             form ``test_set``. Folds balance the crystals of the last source first.
         select_on: sources whose validation rows choose the best checkpoint (None: all).
+        oversample: ``{source: k}``: each training row of ``source`` is seen ``k`` times per epoch (a scarce
+            fidelity weighted up); validation rows and the target statistics are unchanged.
     """
 
     def __init__(
@@ -191,6 +207,7 @@ class LTCDataModule(pl.LightningDataModule):
         fidelities: Sequence[str] | None = None,
         holdout: dict[str, int] | None = None,
         select_on: Sequence[str] | None = None,
+        oversample: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if target_stats not in TARGET_STATS_CHOICES:
@@ -211,6 +228,7 @@ class LTCDataModule(pl.LightningDataModule):
         self.fidelities = None if fidelities is None else [str(f) for f in fidelities]
         self.holdout = None if holdout is None else _holdout_settings(holdout, self.sources)
         self.select_on = None if select_on is None else [str(s) for s in select_on]
+        self.oversample = _oversample_settings(oversample, self.sources)
         self.train_set: GraphDataset | None = None
         self.val_set: GraphDataset | None = None
         self.test_set: GraphDataset | None = None
@@ -259,19 +277,18 @@ class LTCDataModule(pl.LightningDataModule):
                 picked = [indices[p] for p in positions]
                 return [Sample(graph_set.source, i, graph_set.ids[i], graph_set.formulas[i]) for i in picked]
 
-            train += samples(train_pos)
+            train += samples(train_pos) * self.oversample.get(source, 1)
             val += samples(val_pos)
         self.source_stats = source_stats
         fidelity = self._fidelity_of_sources()
         self.train_set = GraphDataset(graph_sets, train, source_stats, features, fidelity)
+        unique_train = GraphDataset(graph_sets, list(dict.fromkeys(train)), source_stats, features, fidelity)
         self.val_set = GraphDataset(graph_sets, val, source_stats, features, fidelity, self.select_on)
         if self.holdout is not None:
             self.test_set = GraphDataset(graph_sets, test, source_stats, features, fidelity)
         if features is not None:
-            self.feature_stats = feature_statistics(self.train_set.feature_rows())
-        every = (
-            self.train_set.tc if self.target_stats_mode == "train" else torch.cat([self.train_set.tc, self.val_set.tc])
-        )
+            self.feature_stats = feature_statistics(unique_train.feature_rows())
+        every = unique_train.tc if self.target_stats_mode == "train" else torch.cat([unique_train.tc, self.val_set.tc])
         self.target_stats = target_statistics(every)
         log.info(
             "%s (seed %d): %d train / %d val, log10(TC+1) mean %.4f std %.4f from %s",

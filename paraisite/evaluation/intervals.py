@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from paraisite.evaluation.uncertainty import conformal_quantile
+from paraisite.evaluation.uncertainty import Calibration, conformal_quantile
 
 #: Nominal levels: the 68 % and 95 % intervals.
 LEVELS = (0.68, 0.95)
@@ -42,6 +42,11 @@ class LogIntervals:
         half = self.half_width(spread_log10, level)
         return np.power(10.0, centre - half), np.power(10.0, centre + half)
 
+    def interval(self, member_tc: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """``(tc_low, tc_high)`` in W/mK from ``[M, B]`` member predictions (centre: their mean of log10 TC)."""
+        logs = np.log10(np.clip(np.asarray(member_tc, dtype=np.float64), 1e-6, None))
+        return self.bounds(logs.mean(axis=0), logs.std(axis=0), level)
+
     def to_dict(self) -> dict[str, object]:
         """JSON form (levels as strings)."""
         return {
@@ -66,6 +71,31 @@ class LogIntervals:
             return cls(quantiles, floor, str(data["fitted_on"]), int(data["rows"]))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: malformed interval calibration ({type(error).__name__}: {error})") from None
+
+
+class FidelityIntervals(dict[str, LogIntervals]):
+    """A multi-fidelity model's intervals, one calibration per fidelity (``{"measured": LogIntervals, ...}``)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form: ``{"space": "log10(TC)", "by_fidelity": {name: LogIntervals.to_dict()}}``."""
+        return {"space": "log10(TC)", "by_fidelity": {name: item.to_dict() for name, item in self.items()}}
+
+
+def read_calibration(data: object, source: str) -> Calibration | LogIntervals | FidelityIntervals:
+    """A manifest's ``calibration`` entry: per fidelity, in log10(TC), or the older own-validation form.
+
+    ``source`` names the file in errors.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: malformed interval calibration (not a JSON object)")
+    if "by_fidelity" in data:
+        by_fidelity = data["by_fidelity"]
+        if data.get("space") != "log10(TC)" or not isinstance(by_fidelity, dict) or not by_fidelity:
+            raise ValueError(f"{source}: malformed interval calibration (by_fidelity)")
+        return FidelityIntervals({str(k): LogIntervals.from_dict(v, source) for k, v in by_fidelity.items()})
+    if "space" in data:
+        return LogIntervals.from_dict(data, source)
+    return Calibration.from_dict(data, source)
 
 
 def scores(centre: np.ndarray, spread: np.ndarray, true_log10: np.ndarray, floor: float) -> np.ndarray:

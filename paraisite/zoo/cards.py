@@ -69,6 +69,17 @@ class ModelCard:
         )
 
     @property
+    def out_of_family_error(self) -> str:
+        """The headline of a model judged on measured values out of family (grouped CV), or ``""``."""
+        m = self.measured
+        if m is None or m["subset"] != "out_of_family":
+            return ""
+        return (
+            f"measured LTC, out of family: MAE {m['mae_log10']:.2f} dex (constant {m['constant_mae_log10']:.2f}), "
+            f"{_percent(m['within_x2'])} within x2"
+        )
+
+    @property
     def measured_text(self) -> str:
         """How the model reads measured conductivities outside its training data, or ``""`` without that evidence."""
         m = self.measured
@@ -251,6 +262,10 @@ class PlannedModel:
     data_reference: str
     instead: str | None
     figures: dict[str, dict[str, Any]]
+    #: Why to use ``instead``, when not for a better validation MAPE on the same data (default advice).
+    advice: str | None = None
+    #: The ensemble was shipped once and removed from the package.
+    removed: bool = False
 
     def figure(self, which: str) -> str | None:
         """``mean (std)`` of a measured MAPE (``full``, ``quick``), or ``None`` if not measured."""
@@ -278,6 +293,8 @@ def planned_models(path: Path = PLANNED_FILE) -> dict[str, PlannedModel]:
                 str(entry.get("data_reference", "")),
                 entry.get("instead"),
                 figures,
+                entry.get("advice"),
+                bool(entry.get("removed", False)),
             )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise CardError(f"{path}: malformed planned-models file ({type(error).__name__}: {error})") from None

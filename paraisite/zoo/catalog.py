@@ -34,6 +34,8 @@ MEGNET_PAPER = "MEGNet: Chen, Ye, Zuo, Zheng & Ong, Chem. Mater. 31, 3564 (2019)
 PARAISITE_PAPER = "ParAIsite paper (reference in github.com/liudakl/ParAIsite)"
 AFLOW_AGL = "AFLOW AGL: Toher et al., Phys. Rev. B 90, 174107 (2014)"
 ENSEMBLE_SEEDS = 9
+#: Task names of multi-fidelity ensembles (``experiment=mf``, and its measured fine-tuning).
+MULTI_FIDELITY_STEPS = ("mf", "mf_ft")
 
 #: CSV value columns of each CGCNN model (units in the names; log10 models give both scales).
 CGCNN_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -107,6 +109,8 @@ class ZooEntry:
         """What to do instead of an unpublished ensemble: the shipped one ``planned.json`` names; how to train it."""
         planned = planned_models().get(self.name)
         full = None if planned is None else planned.figure("full")
+        if planned is not None and planned.instead and planned.advice:
+            return f"{planned.advice}: use `--model {planned.instead}`; or {self.how_to_obtain}"
         if planned is not None and planned.instead and full:
             return (
                 f"at the full budget this ensemble scored MAPE {full}, worse than {planned.instead}, which ships "
@@ -117,7 +121,9 @@ class ZooEntry:
     @builtins.property
     def unavailable_message(self) -> str:
         """The error when an ensemble is neither published nor installed."""
-        return f"{self.name}: not yet published: {self.unpublished_advice}"
+        planned = planned_models().get(self.name)
+        state = "not shipped" if planned is not None and planned.removed else "not yet published"
+        return f"{self.name}: {state}: {self.unpublished_advice}"
 
 
 def _cgcnn_entries() -> list[ZooEntry]:
@@ -139,7 +145,13 @@ def _cgcnn_entries() -> list[ZooEntry]:
 
 def _ltc_entry(name: str, origin: str, measured: str, data_reference: str) -> ZooEntry:
     step = origin.split("/", maxsplit=1)[0]
-    steps = {"step1": "ParAIsite Step I", "step2": "ParAIsite Step II", "step3": "ParAIsite Step III"}
+    steps = {
+        "step1": "ParAIsite Step I",
+        "step2": "ParAIsite Step II",
+        "step3": "ParAIsite Step III",
+        "mf": "ParAIsite multi-fidelity",
+        "mf_ft": "ParAIsite multi-fidelity",
+    }
     return ZooEntry(
         name=name,
         family="ltc-ensemble",
@@ -175,10 +187,15 @@ def _ltc_entries() -> list[ZooEntry]:
         full = None if plan is None else plan.figure("full")
         if name in published:
             measured = published[name].measured_error
+        elif manifest is not None and card is not None and card.out_of_family_error:
+            measured = card.out_of_family_error
         elif manifest is not None:
             measured = card.validation_error if card is not None else shipped_error(manifest)
+        elif plan is not None and plan.removed:
+            measured = f"not shipped: use {plan.instead}"
         elif plan is not None and full:
-            measured = f"not yet published; full-budget ensemble: MAPE {full}, behind {plan.instead}"
+            why = f"use {plan.instead}" if plan.advice else f"behind {plan.instead}"
+            measured = f"not yet published; full-budget ensemble: MAPE {full}, {why}"
         else:
             measured = "not yet published"
         entries.append(_ltc_entry(name, origin, measured, data_reference))
@@ -281,6 +298,9 @@ def _ltc_status(entry: ZooEntry, shipped: dict | None, published: PublishedBundl
             "verified on each load): works offline, nothing to download."
         )
     if published is None:
+        plan = planned_models().get(entry.name)
+        if plan is not None and plan.removed:
+            return f"Not shipped: {entry.unpublished_advice}."
         return f"Not yet published: {entry.unpublished_advice}."
     asset = published.asset
     return (
@@ -294,17 +314,74 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f} %"
 
 
-def _shipped_figures(manifest: dict) -> str:
-    """The card's measured sections of a shipped ensemble: errors, uncertainty, applicability."""
-    figures, calibration = manifest["figures"], manifest["calibration"]
+def _errors_text(manifest: dict) -> str:
+    """The card's validation errors of a shipped ensemble (each member on its own seed's split)."""
+    figures = manifest["figures"]
+    return (
+        f"**Errors.** Validation MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), mean (std) "
+        f"over the {len(manifest['members'])} members, each on its own seed's 20 % split, with the stored weights "
+        f"({manifest['profile']} profile, {manifest['epochs']} epochs, {manifest['protocol']} protocol). The "
+        "stored weights (int8 head, float16 backbone) change a member's MAPE by at most "
+        f"{figures['max_abs_change']:.4f} (float32 mean {figures['val_mape_float32_mean']:.3f})."
+    )
+
+
+def _out_of_family_figures(manifest: dict) -> str:
+    """The card's uncertainty and applicability sections of an ensemble calibrated out of family."""
+    calibration, evidence = manifest["calibration"]["by_fidelity"], manifest.get("out_of_family", {})
     lines = [
         (
-            f"**Errors.** Validation MAPE {figures['val_mape_mean']:.3f} ({figures['val_mape_std']:.3f}), mean (std) "
-            f"over the {len(manifest['members'])} members, each on its own seed's 20 % split, with the stored weights "
-            f"({manifest['profile']} profile, {manifest['epochs']} epochs, {manifest['protocol']} protocol). The "
-            "stored weights (int8 head, float16 backbone) change a member's MAPE by at most "
-            f"{figures['max_abs_change']:.4f} (float32 mean {figures['val_mape_float32_mean']:.3f})."
+            "**Uncertainty.** `tc_low_W_per_mK`/`tc_high_W_per_mK` bound a 95 % interval in log10(TC): the members' "
+            "mean of log10 TC +- q x (their std + a floor), with q and the floor fitted by split-conformal "
+            "calibration on crystals of held-out groups (grouped cross-validation: no near twin of a scored crystal "
+            f"in training; `{evidence.get('source', 'out-of-family evidence')}`). Its lower end is never 0. "
+            "Coverage, each fold calibrated on the other folds:"
         ),
+        "",
+        "| fidelity | rows | floor (dex) | q (95 %) | 68 % coverage | 95 % coverage | mean 95 % width (dex) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fidelity, item in calibration.items():
+        figures = evidence.get("intervals", {}).get(fidelity, {})
+        cover = " | ".join(
+            _percent(figures[key]) if key in figures else "-" for key in ("coverage_68", "coverage_95")
+        )  # fmt: skip
+        width = f"{figures['width_95']:.2f}" if "width_95" in figures else "-"
+        lines.append(
+            f"| {fidelity} | {item['rows']} | {item['floor']} | {item['quantiles']['0.95']:.2f} | {cover} | {width} |"
+        )
+    signals = evidence.get("domain_signals", {})
+    flag = manifest.get("domain_flag", True)
+    lines += [
+        "",
+        (
+            "**Applicability.** "
+            + (
+                "`in_domain` is true when no element is unseen. "
+                if flag
+                else "No `in_domain` column: out of family, no signal it could use flagged rows with twice the "
+                "error of the others, so a flag would give false confidence; the interval is the uncertainty to "
+                "use. `unseen_elements` and `latent_percentile` are still reported. "
+            )
+            + "Measured out of family (rows above the other folds' 80th percentile of the signal flagged out):"
+        ),
+        "",
+        "| signal | flagged out | MAE in (dex) | MAE out (dex) | out / in |",
+        "|---|---|---|---|---|",
+    ]
+    for name, x in signals.items():
+        ratio = f"{x['ratio']:.2f}" if x.get("flagged_out") else "never flags"
+        lines.append(f"| {name} | {x['flagged_out']} | {x['mae_in']:.3f} | {x['mae_out']:.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _shipped_figures(manifest: dict) -> str:
+    """The card's measured sections of a shipped ensemble: errors, uncertainty, applicability."""
+    calibration = manifest["calibration"]
+    if "by_fidelity" in calibration:
+        return f"{_errors_text(manifest)}\n\n{_out_of_family_figures(manifest)}"
+    lines = [
+        _errors_text(manifest),
         "",
         (
             "**Uncertainty.** `tc_low_W_per_mK`/`tc_high_W_per_mK` bound a 95 % interval: the members' mean of "
@@ -394,6 +471,14 @@ def _ltc_card(entry: ZooEntry) -> str:
             "initialised from the published MEGNet-MP-2018.6.1-Eform weights, trained on AFLOW AGL conductivities "
             f"(Step II), then fine-tuned with an MLP head on {dataset} (Step III)"
         )
+    elif step in MULTI_FIDELITY_STEPS:
+        what = (
+            "initialised from the published MEGNet-MP-2018.6.1-Eform weights and trained on AFLOW AGL, ab-initio "
+            "(Dataset1, Dataset2) and measured conductivities together, the fidelity of each value given to the "
+            "network as MEGNet's global state"
+            + (", then fine-tuned on the measured values" if step == "mf_ft" else "")
+            + "; `--fidelity measured|ab-initio|agl` picks which kind of value it predicts (measured by default)"
+        )
     else:
         what = f"initialised from the published MEGNet-MP-2018.6.1-Eform weights and trained on {dataset} (Step II)"
     errors = _shipped_figures(shipped) if shipped is not None else _planned_errors(plan)
@@ -436,7 +521,8 @@ before loading; a mismatch is refused.
 {AFLOW_AGL}.
 
 **Limitations.** Trained on a few hundred crystals at most (AFLOW: a few thousand low-fidelity values): check
-`unseen_elements`, `latent_percentile` and `in_domain`. The applicability reference is each member's training split
+`unseen_elements`, `latent_percentile` and, where the card backs it, `in_domain`. The applicability reference is each
+member's training split
 (elements: union over members; distances and percentiles: mean over members). The targets are log10(TC + 1):
 relative errors matter more than absolute ones.
 """

@@ -25,6 +25,7 @@ from torch import nn
 
 from paraisite.checkpoints import CheckpointTrustError, resolve_run_checkpoint
 from paraisite.evaluation.applicability import ApplicabilityReference, applicability_from_checkpoint
+from paraisite.evaluation.intervals import FidelityIntervals, LogIntervals, read_calibration
 from paraisite.evaluation.metrics import DEFAULT_FIDELITY, DISTORTED_SOURCES_KEY, FIDELITIES_KEY
 from paraisite.evaluation.uncertainty import Calibration
 from paraisite.models.cgcnn import CGCNNPretrained, load_cgcnn_pretrained
@@ -69,11 +70,14 @@ class Predictor(ABC):
         name: what ``--model`` resolved to (zoo name or path).
         columns: value columns of :meth:`predict`; the first one ranks a scan.
         training_elements: elements of the training data (``None`` if unknown).
+        domain_flag: whether rows get an ``in_domain`` column (off for a model whose out-of-family evidence found
+            no signal that it is made of separating good predictions from bad ones).
     """
 
     name: str
     columns: tuple[str, ...]
     training_elements: frozenset[str] | None
+    domain_flag: bool = True
 
     @abstractmethod
     def graph_builder(self) -> Callable[[Structure, str], Any]:
@@ -145,7 +149,7 @@ class LTCPredictor(Predictor):
         models: Sequence[LTCRegressor],
         references: Sequence[ApplicabilityReference | None],
         ensemble: bool,
-        calibration: Calibration | None = None,
+        calibration: Calibration | LogIntervals | FidelityIntervals | None = None,
         distorted: Sequence[list[str] | None] | None = None,
         fidelities: Sequence[list[str] | None] | None = None,
     ) -> None:
@@ -217,8 +221,11 @@ class LTCPredictor(Predictor):
         if self.ensemble:
             mean, std = tc.mean(axis=0), tc.std(axis=0)
             values = dict(zip(LTC_ENSEMBLE_COLUMNS, (mean, std, std / mean), strict=True))
-            if self.calibration is not None:
-                low, high = self.calibration.interval(tc, self.interval_level)
+            calibration = self.calibration
+            if isinstance(calibration, FidelityIntervals):  # one calibration per fidelity: the one predicted
+                calibration = calibration.get(self.fidelity or "")
+            if calibration is not None:
+                low, high = calibration.interval(tc, self.interval_level)
                 level = np.full_like(mean, self.interval_level)
                 values.update(zip(LTC_INTERVAL_COLUMNS, (low, high, level), strict=True))
         else:
@@ -277,7 +284,7 @@ def load_checkpoints(
     paths: Sequence[Path],
     ensemble: bool,
     sha256s: Sequence[str] | None = None,
-    calibration: Calibration | None = None,
+    calibration: Calibration | LogIntervals | FidelityIntervals | None = None,
 ) -> LTCPredictor:
     """LTC checkpoints (with their applicability references, if any) as one predictor.
 
@@ -313,9 +320,14 @@ def recorded_distorted_sources(checkpoint: dict[str, Any], source: str | os.Path
 
 def _bundle_predictor(name: str, bundle: Bundle) -> LTCPredictor:
     stored = bundle.manifest.get("calibration")
-    calibration = None if stored is None else Calibration.from_dict(stored, str(bundle.root / "manifest.json"))
+    calibration = None if stored is None else read_calibration(stored, str(bundle.root / "manifest.json"))
     sha256s = [member.sha256 for member in bundle.members]
-    return load_checkpoints(name, bundle.member_paths, True, sha256s, calibration)
+    predictor = load_checkpoints(name, bundle.member_paths, True, sha256s, calibration)
+    domain_flag = bundle.manifest.get("domain_flag", True)
+    if not isinstance(domain_flag, bool):
+        raise ValueError(f"{bundle.root / MANIFEST}: domain_flag is {domain_flag!r}, not true or false")
+    predictor.domain_flag = domain_flag
+    return predictor
 
 
 def zoo_bundle(name: str, unavailable_message: str) -> Bundle:

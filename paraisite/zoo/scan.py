@@ -181,7 +181,8 @@ def row_batches(
 
 def output_columns(predictor: Predictor) -> list[str]:
     """CSV columns for ``predictor``."""
-    return ["path", "formula", "n_atoms", *predictor.columns, *APPLICABILITY_COLUMNS, "error"]
+    applicability = APPLICABILITY_COLUMNS if predictor.domain_flag else APPLICABILITY_COLUMNS[:-1]
+    return ["path", "formula", "n_atoms", *predictor.columns, *applicability, "error"]
 
 
 def _predict_items(predictor: Predictor, items: list[StructureGraph]) -> list[Predictions | None]:
@@ -235,7 +236,7 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
             if prediction.knn_distance is not None and prediction.percentile is not None:  # set together
                 row["latent_knn_distance"] = float(prediction.knn_distance[0])
                 row["latent_percentile"] = float(prediction.percentile[0])
-            if unseen is not None:
+            if unseen is not None and predictor.domain_flag:
                 within = prediction.percentile is None or prediction.percentile[0] <= max_percentile
                 row["in_domain"] = not unseen and bool(within)
         rows.append(row)

@@ -36,8 +36,8 @@ from paraisite.checkpoints import INT8_KEY, load_checkpoint
 from paraisite.data import registry
 from paraisite.data.cache import atomic_write
 from paraisite.evaluation.applicability import APPLICABILITY_KEY
+from paraisite.evaluation.intervals import read_calibration
 from paraisite.evaluation.uncertainty import (
-    Calibration,
     HeldOutRows,
     fit_calibration,
     from_log,
@@ -65,6 +65,10 @@ GROUP_SIZE = 32
 #: Tensors stored as int8: the MLP head (its int8 weights change a member's validation MAPE by < 0.0005; int8 MEGNet
 #: weights changed a Dataset1 member's by up to 0.0055, so the backbone is stored as float16: < 0.0005 too).
 INT8_PREFIXES = ("head.",)
+#: Out of family, ``in_domain`` is written only if a signal it uses flags rows with this many times the others' error.
+DOMAIN_MIN_RATIO = 2.0
+#: The domain signals (``build_tables.py`` names) that ``in_domain`` is made of.
+DOMAIN_FLAG_SIGNALS = ("unseen element", "latent kNN percentile")
 #: In-domain rule evaluated for the card: no unseen element and latent percentile at most this (the scan default).
 DEFAULT_DOMAIN_PERCENTILE = DEFAULT_MAX_PERCENTILE
 
@@ -107,7 +111,11 @@ def write_compact_member(source: Path, target: Path) -> None:
     A ``target`` ending in ``.xz`` is xz-compressed (about 10 % smaller than the plain file).
     """
     checkpoint = load_checkpoint(source)
-    compact = {key: value for key, value in checkpoint.items() if key in INFERENCE_KEYS and key != "state_dict"}
+    compact = {  # the paraisite_* entries too (fidelities, distorted sources), as write_inference_checkpoint keeps
+        key: value
+        for key, value in checkpoint.items()
+        if (key in INFERENCE_KEYS or key.startswith("paraisite_")) and key != "state_dict"
+    }
     compact["state_dict"], compact[INT8_KEY] = quantise_state_dict(checkpoint["state_dict"])
     reference = checkpoint.get(APPLICABILITY_KEY)
     if reference is not None:
@@ -152,11 +160,15 @@ def held_out_rows(
 ) -> HeldOutRows:
     """Members' predictions on every usable crystal of ``sources``; ``trained`` marks what each member saw."""
     from paraisite.data.graphs import load_graph_set  # matgl: only when packing, not when listing the zoo
+    from paraisite.data.sources import source_spec
 
     builder = predictor.builder
+    fidelity = predictor.fidelity
     ids, true_tc, member_tc, percentiles, unseen = [], [], [], [], []
     for source in sources:
         graph_set = load_graph_set(source, builder)
+        if predictor.fidelities is not None:  # a multi-fidelity model predicts each source at its own fidelity
+            predictor.use_fidelity(source_spec(source).fidelity)
         for start in range(0, len(graph_set), batch_size):
             stop = min(start + batch_size, len(graph_set))
             prediction = predictor.predict(graph_set.graphs[start:stop])
@@ -169,6 +181,8 @@ def held_out_rows(
         for formula in graph_set.formulas:
             elements = frozenset(element.symbol for element in Composition(formula).elements)
             unseen.append(bool(predictor.unseen_elements(elements)))
+    if fidelity is not None:
+        predictor.use_fidelity(fidelity)
     held_out = np.array([[row not in seen for row in ids] for seen in trained])
     return HeldOutRows(
         name,
@@ -200,6 +214,13 @@ def domain_report(rows: HeldOutRows, max_percentile: float = DEFAULT_DOMAIN_PERC
     return report
 
 
+def run_sources(run_dir: Path) -> list[str]:
+    """The sources a run trained on (its ``config_resolved.yaml``; ``[]`` if it does not say)."""
+    config = OmegaConf.load(run_dir / "config_resolved.yaml")
+    sources = OmegaConf.select(config, "data.sources")
+    return [str(source) for source in sources] if sources else []
+
+
 def dataset_sources(name: str) -> list[str]:
     """Sources of a dataset config (``MIX`` -> ``dataset1, dataset2``)."""
     from paraisite.config import load_group_option
@@ -216,6 +237,7 @@ def ship_ensemble(
     output: str | os.PathLike | None = None,
     description: str = "",
     evidence: str | os.PathLike | None = None,
+    intervals: str | os.PathLike | None = None,
 ) -> Path:
     """Pack the completed runs of ``step`` on ``dataset`` as a compact shipped ensemble, with measured figures.
 
@@ -224,7 +246,14 @@ def ship_ensemble(
     (cross-fitted) and on each of ``cross_datasets`` (datasets no member trained on), and the in/out-of-domain
     errors. Returns the manifest path (``output`` defaults to :func:`shipped_bundle_dir`). ``evidence``: a directory
     for the per-row CSVs behind those figures (``<name>--<set>.csv``, e.g. ``...--dataset1-cross-dataset.csv``).
+
+    ``intervals``: a JSON file of intervals calibrated out of family (``experiments/ltc-mf/build_tables.py`` writes
+    one from grouped cross-validation: per fidelity, :class:`~paraisite.evaluation.intervals.LogIntervals` with its
+    cross-fitted coverage, and the domain signals measured there). They replace the own-validation calibration;
+    the ``in_domain`` column is kept only if a signal it uses (unseen elements, latent percentile) flagged rows with
+    at least :data:`DOMAIN_MIN_RATIO` times the error of the others (``domain_flag``).
     """
+    out_of_family = None if intervals is None else read_out_of_family(Path(intervals))
     check_relative_name(name, what="zoo ship --name", parts=1)  # as `zoo export`: a plain name, never a path
     sweep_dir = Path(sweep_dir)
     runs = checked_runs(sweep_dir, step, dataset)  # the same checks as `zoo export`: seeds unique, one protocol
@@ -253,7 +282,7 @@ def ship_ensemble(
     trained = [train for train, _ in splits]
     full = load_checkpoints(name, sources, ensemble=True)
     compact = load_checkpoints(name, [target / m["file"] for m in members], ensemble=True)
-    own_sources = dataset_sources(dataset)
+    own_sources = run_sources(run_dirs[0]) or dataset_sources(dataset)
     own_full = held_out_rows(full, f"{dataset} (own validation)", own_sources, trained)
     own = held_out_rows(compact, f"{dataset} (own validation)", own_sources, trained)
     per_member: list[dict[str, Any]] = []
@@ -304,6 +333,13 @@ def ship_ensemble(
         "domain": domain,
         "members": members,
     }
+    if out_of_family is not None:
+        manifest.update(
+            calibration=out_of_family["calibration"],
+            uncertainty={},
+            out_of_family=out_of_family["figures"],
+            domain_flag=out_of_family["domain_flag"],
+        )
     manifest_path = target / MANIFEST
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     if target.resolve().parent == SHIPPED_DIR:  # into the package: pinned there, so an edited manifest is refused
@@ -311,13 +347,27 @@ def ship_ensemble(
     return manifest_path
 
 
+def read_out_of_family(path: Path) -> dict[str, Any]:
+    """Out-of-family intervals and domain signals (see :func:`ship_ensemble`), checked; errors name the file."""
+    try:
+        data = json.loads(path.read_text())
+        calibration = {"space": data["space"], "by_fidelity": data["by_fidelity"]}
+        read_calibration(calibration, str(path))
+        signals = dict(data.get("domain_signals") or {})
+        ratios = [float(signals[name]["ratio"]) for name in DOMAIN_FLAG_SIGNALS if name in signals]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"{path}: not an out-of-family interval file ({type(error).__name__}: {error})") from None
+    coverage = {
+        name: entry.get("cross_fitted", {}) | {"rows": entry["rows"]} for name, entry in data["by_fidelity"].items()
+    }
+    return {
+        "calibration": calibration,
+        "figures": {"source": path.as_posix(), "intervals": coverage, "domain_signals": signals},
+        "domain_flag": any(math.isfinite(r) and r >= DOMAIN_MIN_RATIO for r in ratios),
+    }
+
+
 def _member_mape(rows: HeldOutRows, member: int, mask: np.ndarray) -> float:
     """MAPE of TC of one member on the rows of ``mask`` (its own validation split)."""
     true_tc, pred_tc = from_log(rows.true_y[mask]), from_log(rows.member_y[member, mask])
     return float(np.mean(np.abs(pred_tc - true_tc) / true_tc))
-
-
-def calibration_of(manifest: dict[str, Any], source: str) -> Calibration | None:
-    """The calibration stored in a shipped manifest, or ``None`` if it has none."""
-    data = manifest.get("calibration")
-    return None if data is None else Calibration.from_dict(data, source)

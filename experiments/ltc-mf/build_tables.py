@@ -4,6 +4,12 @@ The multi-fidelity model, the Step IV chain and the shipped Step II ensembles on
 calibration and domain signals.
 
 Usage: python experiments/ltc-mf/build_tables.py LOG_DIR --out experiments/ltc-mf/cv-quick [--shipped]
+       [--candidate mf_os4/MF --latent]
+
+``--candidate TASK/DATASET`` names the model whose rows feed the interval calibration and the domain signals (default
+the MF model); it writes ``intervals.json`` (per fidelity, the calibration ``paraisite zoo ship --intervals`` packs)
+and ``evidence.json`` (its out-of-family scores, for the card). ``--latent`` adds the latent-distance signal: each
+fold's members predict their held-out crystals and give their kNN percentile in their own training latents.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,11 @@ MODELS = {
         "ab-initio": ("step4_abinitio", "MIX"),
         "measured": ("step4", "Measured"),
     },
+    "MF, measured rows x4": dict.fromkeys(("agl", "ab-initio", "measured"), ("mf_os4", "MF")),
+    "MF, backbone lr 1e-4": dict.fromkeys(("agl", "ab-initio", "measured"), ("mf_blr", "MF")),
 }
+#: Names in the tables of candidates scored with ``--rescore-on``.
+CANDIDATE_LABELS = {"mf_ft/Measured": "MF, then fine-tuned on measured (the ltc-mf recipe)"}
 SHIPPED = ("ltc-step2-mix", "ltc-step2-dataset1", "ltc-step2-dataset2", "ltc-step2-aflow")
 METRICS = ("mae_log10", "within_x2", "spearman", "mean_signed_log10", "constant_mae_log10", "constant_within_x2")
 
@@ -60,27 +71,16 @@ def scores_of(rows: list[dict], fidelity: str) -> dict[str, float]:
     return fidelity_scores([r[f"pred_{fidelity}"] for r in picked], [r["tc_true"] for r in picked])
 
 
-def model_tables(log_dir: Path) -> tuple[dict, dict]:
-    """Per model and fidelity: the ensemble's scores and the members' mean and std over seeds; the MF pooled rows."""
+def model_tables(log_dir: Path) -> dict:
+    """Per model and fidelity: the ensemble's scores and the members' mean and std over seeds."""
     tables: dict = {}
-    mf_rows: list[dict] = []
     for model, stages in MODELS.items():
         tables[model] = {}
         for fidelity, (task, dataset) in stages.items():
             pooled, per_seed = stage_rows(log_dir, task, dataset)
-            if not any(r["fidelity"] == fidelity for r in pooled):
-                continue
-            folds = sorted({r["fold"] for r in pooled})
-            entry = {"folds": folds, "ensemble": scores_of(pooled, fidelity)}
-            members = [scores_of(rows, fidelity) for rows in per_seed.values()]
-            entry["members"] = {
-                k: {"mean": float(np.mean([m[k] for m in members])), "std": float(np.std([m[k] for m in members]))}
-                for k in METRICS
-            }
-            tables[model][fidelity] = entry
-            if model.startswith("MF") and fidelity == "measured":
-                mf_rows = pooled
-    return tables, {"rows": mf_rows}
+            entry = fidelity_entries(pooled, per_seed, [fidelity])
+            tables[model].update(entry)
+    return {model: entry for model, entry in tables.items() if entry}
 
 
 def shipped_scores(rows: list[dict]) -> dict:
@@ -92,7 +92,9 @@ def shipped_scores(rows: list[dict]) -> dict:
         structures.update({r.id: r.structure for r in load_source(source).records})
     picked = [r for r in rows if r["fidelity"] == "measured"]
     result = {}
-    for name in SHIPPED:
+    from paraisite.zoo.shipped import shipped_manifests
+
+    for name in (name for name in SHIPPED if name in shipped_manifests()):  # ltc-step2-dataset1 left for ltc-mf
         predictor = load_predictor(name)
         build = predictor.graph_builder()
         graphs = [build(structures[r["id"]], r["id"]) for r in picked]
@@ -118,20 +120,117 @@ def unseen_elements(rows: list[dict]) -> np.ndarray:
     return np.array([bool(composition[r["id"]] - trained_elements[r["fold"]]) for r in rows])
 
 
-def calibration_and_domain(rows: list[dict]) -> dict:
-    """Interval calibration (floors tried, cross-fitted by fold) and domain signals on the MF measured rows."""
-    rows = [r for r in rows if r["fidelity"] == "measured"]
+def fidelity_entries(
+    pooled: list[dict], per_seed: dict[int, list[dict]], fidelities: Sequence[str] = ("measured", "ab-initio", "agl")
+) -> dict:
+    """Per fidelity with rows: the ensemble's scores and the members' mean and std over seeds."""
+    result = {}
+    for fidelity in fidelities:
+        if not any(r["fidelity"] == fidelity and f"pred_{fidelity}" in r for r in pooled):
+            continue
+        entry = {"folds": sorted({r["fold"] for r in pooled}), "ensemble": scores_of(pooled, fidelity)}
+        members = [scores_of(rows, fidelity) for rows in per_seed.values()]
+        entry["members"] = {
+            k: {"mean": float(np.mean([m[k] for m in members])), "std": float(np.std([m[k] for m in members]))}
+            for k in METRICS
+        }
+        result[fidelity] = entry
+    return result
+
+
+def latent_percentiles(log_dir: Path, task: str, dataset: str, rows: list[dict], fidelity: str) -> np.ndarray:
+    """Per row: the kNN percentile of its latent among its fold's members' training latents (mean over members)."""
+    from paraisite.zoo.predictors import load_checkpoints
+
+    structures = {}
+    for source in ("aflow", "dataset1", "dataset2", "measured"):
+        structures.update({r.id: r.structure for r in load_source(source).records})
+    result = np.full(len(rows), np.nan)
+    for fold in sorted({r["fold"] for r in rows}):
+        members = member_dirs(log_dir, fold, task, dataset)
+        predictor = load_checkpoints(fold, [m / "checkpoints" / "best.ckpt" for m in members], ensemble=True)
+        if predictor.fidelities is not None:
+            predictor.use_fidelity(fidelity)
+        build = predictor.graph_builder()
+        where = [i for i, r in enumerate(rows) if r["fold"] == fold]
+        graphs = [build(structures[rows[i]["id"]], rows[i]["id"]) for i in where]
+        percentiles = [predictor.predict(graphs[j : j + 64]).percentile for j in range(0, len(graphs), 64)]
+        if any(p is None for p in percentiles):
+            raise SystemExit(f"{fold}: the members of {task}/{dataset} carry no latent reference")
+        result[where] = np.concatenate(percentiles)  # type: ignore[arg-type]
+    return result
+
+
+def rescored_rows(log_dir: Path, task: str, dataset: str, reference: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """The held-out rows of ``reference`` (every source's crystals), predicted at every fidelity by ``task/dataset``.
+
+    For a stage whose own held-out rows hold one source only (the measured fine-tuning): each fold's members
+    predict that fold's rows. Returns pooled ensemble rows and per seed the member rows, as :func:`stage_rows`.
+    """
+    from paraisite.data.graphs import load_graph_set
+    from paraisite.zoo.predictors import load_checkpoints
+
+    pooled_reference, _ = stage_rows(log_dir, *reference.split("/"))
+    pooled, per_seed = [], defaultdict(list)
+    graphs: dict[str, object] = {}
+    for fold in sorted({r["fold"] for r in pooled_reference}):
+        members = member_dirs(log_dir, fold, task, dataset)
+        if not members:
+            continue
+        predictor = load_checkpoints(fold, [m / "checkpoints" / "best.ckpt" for m in members], ensemble=True)
+        if not graphs:
+            for source in ("aflow", "dataset1", "dataset2", "measured"):
+                graph_set = load_graph_set(source, predictor.builder)
+                graphs.update({(source, i): g for i, g in zip(graph_set.ids, graph_set.graphs, strict=True)})
+        rows = [r for r in pooled_reference if r["fold"] == fold]
+        batch = [graphs[(r["source"], r["id"])] for r in rows]
+        member_rows = [[{k: v for k, v in r.items() if not k.startswith(("pred_", "spread_"))} for r in rows]
+                       for _ in members]  # fmt: skip
+        for fidelity in predictor.fidelities or []:
+            predictor.use_fidelity(fidelity)
+            tc = np.concatenate([predictor.predict(batch[i : i + 256]).member_tc for i in range(0, len(batch), 256)], 1)
+            for m, member in enumerate(member_rows):
+                for row, value in zip(member, tc[m], strict=True):
+                    row[f"pred_{fidelity}"] = float(value)
+        for member, m_rows in zip(members, member_rows, strict=True):
+            per_seed[int(member.name[4:])] += m_rows
+        pooled += ensemble_rows(member_rows)
+    return pooled, dict(per_seed)
+
+
+def fidelity_calibration(rows: list[dict], fidelity: str) -> dict:
+    """Interval floors tried (cross-fitted by fold) and the calibration fitted on every fold's rows of ``fidelity``."""
+    rows = [r for r in rows if r["fidelity"] == fidelity]
     true = np.log10([r["tc_true"] for r in rows])
-    centre = np.log10([r["pred_measured"] for r in rows])
-    spread = np.array([r["spread_measured"] for r in rows])
+    centre = np.log10([r[f"pred_{fidelity}"] for r in rows])
+    spread = np.array([r[f"spread_{fidelity}"] for r in rows])
     fold = np.array([int(r["fold"][4:]) for r in rows])
     floor, figures = intervals.choose_floor(centre, spread, true, fold)
+    fitted = intervals.fit(centre, spread, true, floor, f"{fidelity} rows of held-out groups, {len(set(fold))} folds")
+    return {
+        "rows": len(rows),
+        "chosen_floor": floor,
+        "floors": {str(k): v for k, v in figures.items()},
+        "calibration": {**fitted.to_dict(), "cross_fitted": figures[floor]},
+    }
+
+
+def domain_signals(rows: list[dict], latent: np.ndarray | None) -> dict:
+    """Error of measured rows flagged in and out by each candidate signal (threshold from the other folds)."""
+    keep = [i for i, r in enumerate(rows) if r["fidelity"] == "measured"]
+    rows = [rows[i] for i in keep]
+    true = np.log10([r["tc_true"] for r in rows])
+    centre = np.log10([r["pred_measured"] for r in rows])
+    fold = np.array([int(r["fold"][4:]) for r in rows])
     error = np.abs(true - centre)
     signals = {
-        "member spread": spread,
-        "fidelity disagreement (measured vs agl)": np.abs(centre - np.log10([r["pred_agl"] for r in rows])),
+        "member spread": np.array([r["spread_measured"] for r in rows]),
         "unseen element": unseen_elements(rows).astype(float),
     }
+    if "pred_agl" in rows[0]:
+        signals["fidelity disagreement (measured vs agl)"] = np.abs(centre - np.log10([r["pred_agl"] for r in rows]))
+    if latent is not None:
+        signals["latent kNN percentile"] = latent[keep]
     domain = {}
     for name, value in signals.items():
         flagged = np.zeros(len(rows), dtype=bool)
@@ -147,12 +246,22 @@ def calibration_and_domain(rows: list[dict]) -> dict:
             "ratio": float(outside.mean() / inside.mean()) if len(inside) and len(outside) else math.nan,
             "spearman_with_error": spearman(value, error),
         }
+    return domain
+
+
+def candidate_analysis(log_dir: Path, candidate: str, latent: bool, rows: list[dict]) -> dict:
+    """Calibration per fidelity and domain signals of the candidate model's pooled held-out ``rows``."""
+    task, dataset = candidate.split("/")
+    if not rows:
+        return {}
+    fidelities = [f for f in ("measured", "ab-initio", "agl") if f"pred_{f}" in rows[0]]
+    measured = [r for r in rows if r["fidelity"] == "measured"]
+    percentiles = latent_percentiles(log_dir, task, dataset, measured, "measured") if latent else None
     return {
-        "rows": len(rows),
-        "chosen_floor": floor,
-        "floors": {str(k): v for k, v in figures.items()},
-        "calibration": intervals.fit(centre, spread, true, floor, "MF measured rows, all folds").to_dict(),
-        "domain": domain,
+        "candidate": candidate,
+        "calibration": {f: fidelity_calibration(rows, f) for f in fidelities if any(r["fidelity"] == f for r in rows)},
+        "domain": domain_signals(measured, percentiles),
+        "rows": rows,
     }
 
 
@@ -173,13 +282,18 @@ def markdown(tables: dict, shipped: dict, analysis: dict) -> str:
             f"| {name} (shipped) | measured | all | {e['count']} | {e['mae_log10']:.3f} | {e['within_x2']:.0%} | "
             f"{e['spearman']:.2f} | {e['mean_signed_log10']:+.3f} | | {e['constant_mae_log10']:.3f} |"
         )
-    if analysis.get("rows"):
-        lines += ["", "Intervals (MF, measured rows; each fold calibrated on the others):", ""]
-        lines += ["| floor | 68 % coverage | 95 % coverage | 95 % width (dex) |", "|---|---|---|---|"]
-        for floor, x in analysis["floors"].items():
-            mark = " (chosen)" if float(floor) == analysis["chosen_floor"] else ""
-            lines.append(f"| {floor}{mark} | {x['coverage_68']:.0%} | {x['coverage_95']:.0%} | {x['width_95']:.2f} |")
-        lines += ["", "Domain signals (MF, measured rows; out = above the other folds' 80th percentile):", ""]
+    if analysis:
+        lines += ["", f"Intervals of `{analysis['candidate']}` (log10 TC; each fold calibrated on the others):", ""]
+        lines += ["| fidelity | floor | 68 % coverage | 95 % coverage | 95 % width (dex) |", "|---|---|---|---|---|"]
+        for fidelity, entry in analysis["calibration"].items():
+            for floor, x in entry["floors"].items():
+                mark = " (chosen)" if float(floor) == entry["chosen_floor"] else ""
+                lines.append(
+                    f"| {fidelity} | {floor}{mark} | {x['coverage_68']:.0%} | {x['coverage_95']:.0%} | "
+                    f"{x['width_95']:.2f} |"
+                )
+        title = f"Domain signals (`{analysis['candidate']}`, measured rows; out: above the other folds' 80th centile):"
+        lines += ["", title, ""]
         lines += [
             "| signal | flagged out | MAE in | MAE out | ratio | Spearman with error |",
             "|---|---|---|---|---|---|",
@@ -196,14 +310,35 @@ def main() -> None:
     parser.add_argument("log_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="folder for tables.json and tables.md")
     parser.add_argument("--shipped", action="store_true", help="also score the shipped Step II ensembles")
+    parser.add_argument("--candidate", default="mf/MF", help="TASK/DATASET whose rows are calibrated (mf/MF)")
+    parser.add_argument("--latent", action="store_true", help="also measure the latent-distance domain signal")
+    parser.add_argument(
+        "--rescore-on", help="TASK/DATASET whose held-out rows (every source) the candidate predicts, e.g. mf/MF"
+    )
+    parser.add_argument("--zoo-name", default="ltc-mf", help="the candidate's zoo name in evidence.json")
     args = parser.parse_args()
-    tables, mf = model_tables(args.log_dir)
-    shipped = shipped_scores(mf["rows"]) if args.shipped and mf["rows"] else {}
-    analysis = calibration_and_domain(mf["rows"]) if mf["rows"] else {}
+    tables = model_tables(args.log_dir)
+    task, dataset = args.candidate.split("/")
+    if args.rescore_on:
+        candidate_rows, per_seed = rescored_rows(args.log_dir, task, dataset, args.rescore_on)
+        tables[CANDIDATE_LABELS.get(args.candidate, args.candidate)] = fidelity_entries(candidate_rows, per_seed)
+    else:
+        candidate_rows, _ = stage_rows(args.log_dir, task, dataset)
+    analysis = candidate_analysis(args.log_dir, args.candidate, args.latent, candidate_rows)
+    rows = analysis.pop("rows", [])
+    shipped = shipped_scores(rows) if args.shipped and rows else {}
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"models": tables, "shipped": shipped, "mf_measured": analysis}
+    payload = {"models": tables, "shipped": shipped, "candidate": analysis}
     (args.out / "tables.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
     (args.out / "tables.md").write_text(markdown(tables, shipped, analysis))
+    if analysis:
+        by_fidelity = {f: entry["calibration"] for f, entry in analysis["calibration"].items()}
+        calibration = {"space": "log10(TC)", "by_fidelity": by_fidelity, "domain_signals": analysis["domain"]}
+        (args.out / "intervals.json").write_text(json.dumps(calibration, indent=1) + "\n")
+        measured = [r for r in rows if r["fidelity"] == "measured"]
+        scores = scores_of(measured, "measured")
+        evidence = {args.zoo_name: {"out_of_family": {**scores, "folds": len({r["fold"] for r in measured})}}}
+        (args.out / "evidence.json").write_text(json.dumps(evidence, indent=1) + "\n")
     print(markdown(tables, shipped, analysis))
 
 

@@ -85,7 +85,7 @@ zoo: install ## Pack a full sweep's LTC ensembles into paraisite/zoo/models (mea
 # (run_cv.sh, then build_tables.py --candidate mf_ft/Measured --rescore-on mf/MF --latent: cv-l1/). ltc-step2-dataset1
 # left the package for it (25 MB budget).
 LTC_MF_CARD := --data-reference "AGL + ab-initio + 155 measured" \
-  --use-for "the room-temperature LTC a measurement would give for a non-metallic crystal (W/mK), with a 95 % interval calibrated on chemical families it never saw; \`--fidelity ab-initio\` or \`agl\` for what a phonon BTE calculation or AFLOW's AGL model would give" \
+  --use-for "the room-temperature LTC a measurement would give for a non-metallic crystal (W/mK), with a 95 % interval calibrated on chemical families it never saw; \`--fidelity ab-initio\` or \`agl\` for what a phonon BTE calculation or AFLOW's AGL model would give (for crystals like Dataset1 and Dataset2, ltc-step2-dataset2 and ltc-step2-mix give ab-initio values better: experiments/ltc-mf/paper-protocol)" \
   --not-for "metals, intermetallics, alloys and doped samples, or temperatures far from 300 K; precise values: out of family it is only somewhat better than a constant, so read the interval (about a factor 10 each way at 95 %)" \
   --training-data "AFLOW AGL (300 crystals), ab-initio Dataset1 and Dataset2 (238) and 155 measured room-temperature conductivities attached to registry structures (xia0WT/thermal_conductivity_summary, lrcfmd/thermal_conductivity_RF), all at once with the fidelity as MEGNet's global state, then fine-tuned on the measured ones"
 ltc-mf: install ## Train (9 seeds, about 7 min on 2 cores) and ship the recommended LTC model: make ltc-mf

@@ -34,9 +34,9 @@ from paraisite.zoo import shipped as shipped_module
 from paraisite.zoo.bundle import BundleIntegrityError, read_bundle
 from paraisite.zoo.cards import CARD, read_card
 from paraisite.zoo.catalog import catalog, get_entry, model_card
-from paraisite.zoo.files import pin_manifest
+from paraisite.zoo.files import RECOMMENDED_LTC_MODEL, pin_manifest
 from paraisite.zoo.predictors import load_predictor
-from paraisite.zoo.shipped import RECOMMENDED_LTC_MODEL, SHIPPED_DIR, shipped_manifests
+from paraisite.zoo.shipped import SHIPPED_DIR, shipped_manifests
 from paraisite.zoo.shipping import GROUP_SIZE, quantise_state_dict
 from tests.helpers import FAST, compose_train, predict_with_cli, read_rows
 

@@ -26,12 +26,12 @@ from paraisite.cpus import set_torch_threads, usable_cpus
 from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
+    RECOMMENDED_LTC_MODEL,
     check_output,
     check_run_options,
     output_lock,
     structure_paths,
 )
-from paraisite.zoo.shipped import RECOMMENDED_LTC_MODEL
 from paraisite.zoo.workers import start_worker_server, worker_preload
 
 if TYPE_CHECKING:

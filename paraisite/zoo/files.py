@@ -27,6 +27,8 @@ STRUCTURE_PATTERNS = (
     "*.cssr",
     "*.res",
 )
+#: The LTC model ``paraisite predict`` uses when ``--model`` is not given (a model shipped in the package).
+RECOMMENDED_LTC_MODEL = "ltc-mf"
 #: ``in_domain`` threshold on ``latent_percentile``. 100 (off): on crystals of datasets the LTC ensembles never saw,
 #: a percentile threshold did not separate good from bad predictions, while unseen elements did
 #: (``experiments/ltc-zoo/domain.md``). A lower value adds the latent check.

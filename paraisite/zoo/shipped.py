@@ -13,8 +13,6 @@ from paraisite.zoo.bundle import MANIFEST, BundleError, parse_manifest
 
 #: Where shipped ensembles live (package data).
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
-#: The LTC model ``paraisite predict`` uses when ``--model`` is not given.
-RECOMMENDED_LTC_MODEL = "ltc-mf"
 
 
 def shipped_bundle_dir(name: str) -> Path:

@@ -28,7 +28,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ import pandas as pd
 from paraisite.data.cache import atomic_write
 from paraisite.data.inputs import read_input_structure
 from paraisite.data.sources import StructureFileError
+from paraisite.safety import naming_write_errors
 from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
@@ -305,13 +306,18 @@ def _replacing(output: Path) -> Iterator[Any]:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    handle, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    with naming_write_errors(output, output.parent):
+        handle, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    stream = os.fdopen(handle, "w", newline="")
     try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            yield stream
-        os.chmod(tmp, mode)
-        os.replace(tmp, output)
+        yield stream
+        with naming_write_errors(output, tmp):
+            stream.close()
+            os.chmod(tmp, mode)
+            os.replace(tmp, output)
     finally:
+        with suppress(OSError):  # after a failed write, closing tries the buffered rows again (and fails again)
+            stream.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -358,16 +364,19 @@ def run_predictions(
     summary = PredictionSummary(output, len(paths), len(paths) - len(todo), 0, 0)
     if progress is not None and summary.already_done:
         progress(summary.already_done)
-    output.parent.mkdir(parents=True, exist_ok=True)
     append = resume and output.is_file() and output.stat().st_size > 0
-    opened = open(output, "a" if append else "w", newline="") if resume else _replacing(output)  # noqa: SIM115
+    with naming_write_errors(output, output.parent):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        opened = open(output, "a" if append else "w", newline="") if resume else _replacing(output)  # noqa: SIM115
     with opened as stream:
         writer = csv.DictWriter(stream, columns, lineterminator="\n")
         if not append:
-            writer.writeheader()
+            with naming_write_errors(output):
+                writer.writeheader()
         for rows in row_batches(predictor, todo, batch_size, workers, max_percentile):
-            writer.writerows(rows)
-            stream.flush()
+            with naming_write_errors(output):  # a full disk names the file (scan: the rows before it are kept)
+                writer.writerows(rows)
+                stream.flush()
             failed = sum(row["error"] is not None for row in rows)
             summary.failed += failed
             summary.lost += sum(isinstance(row, LostRow) for row in rows)

@@ -6,7 +6,8 @@ row); folders are recursed and only files whose names look like structures are t
 next to the CIFs are ignored. Paths are written absolute, in argument order, folders sorted.
 
 Rows: ``path, formula, n_atoms``, the model's value columns, the applicability columns
-(``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``) and ``error``.
+(``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``), for models with
+physics features ``imputed_features`` (those whose fit failed, replaced by the training mean) and ``error``.
 Files are read by :func:`paraisite.data.inputs.read_input_structure`: regular files within a size limit, and
 only real, ordered crystals (no bad occupancies, NaN coordinates, zero-volume cells, overlapping atoms or unknown
 elements). A file that cannot be read, graphed or predicted gets a row with its ``error`` (naming the file and the
@@ -180,9 +181,21 @@ def row_batches(
     yield from pool.map(chunks)
 
 
+#: Column of the models with physics features (``+features=eos``): the features of the row that were unknown (the
+#: crystal's energy-volume fit failed) and replaced by the training mean, space-separated; empty when none was.
+IMPUTED_COLUMN = "imputed_features"
+
+
 def output_columns(predictor: Predictor) -> list[str]:
-    """CSV columns for ``predictor``."""
-    return ["path", "formula", "n_atoms", *predictor.columns, *APPLICABILITY_COLUMNS, "error"]
+    """CSV columns for ``predictor`` (:data:`IMPUTED_COLUMN` for models with physics features)."""
+    imputed = [IMPUTED_COLUMN] if predictor.feature_names() else []
+    return ["path", "formula", "n_atoms", *predictor.columns, *APPLICABILITY_COLUMNS, *imputed, "error"]
+
+
+def imputed_features(names: tuple[str, ...], graph: Any) -> str:
+    """The names of ``graph``'s ``extra_features`` that are NaN (the model replaces them by its training mean)."""
+    values = np.asarray(graph.extra_features, dtype=float).reshape(-1)
+    return " ".join(name for name, value in zip(names, values, strict=True) if np.isnan(value))
 
 
 def _predict_items(predictor: Predictor, items: list[StructureGraph]) -> list[Predictions | None]:
@@ -222,6 +235,7 @@ def _pick(batch: Predictions, position: int) -> Predictions:
 def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile: float) -> list[dict[str, Any]]:
     """CSV rows (see the module docstring) for a batch of items."""
     rows = []
+    features = predictor.feature_names()
     for item, prediction in zip(items, _predict_items(predictor, items), strict=True):
         unseen = predictor.unseen_elements(item.elements) if item.formula is not None else None
         row: dict[str, Any] = {
@@ -231,6 +245,8 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
             "unseen_elements": None if unseen is None else " ".join(unseen),
             "error": item.error,
         }
+        if features and item.graph is not None:
+            row[IMPUTED_COLUMN] = imputed_features(features, item.graph)
         if prediction is not None:
             row.update({column: float(array[0]) for column, array in prediction.outputs.items()})
             if prediction.knn_distance is not None and prediction.percentile is not None:  # set together

@@ -312,10 +312,49 @@ def error_rows(output: Path) -> int:
         return sum(bool(row.get("error")) for row in csv.DictReader(stream))
 
 
+def _temporary_prefix(output: Path) -> str:
+    return f".{output.name}."
+
+
+def remove_stale_temporaries(output: Path) -> list[Path]:
+    """Remove the temporary files of ``output`` left by ``predict`` processes that no longer run; the removed ones.
+
+    A process killed with SIGKILL cannot remove its ``.<name>.<pid>.<random>.tmp``; the next ``predict`` into the
+    same file does, once no process ``<pid>`` runs (a live one, even another user's, keeps its file).
+    """
+    prefix, removed = _temporary_prefix(output), list[Path]()
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and not _running(int(pid)):
+            with suppress(FileNotFoundError):
+                (output.parent / name).unlink()
+                removed.append(output.parent / name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 @contextmanager
 def _replacing(output: Path) -> Iterator[Any]:
-    """A text stream to a temporary file beside ``output`` that replaces it on success (removed on failure)."""
+    """A text stream to a temporary file beside ``output`` that replaces it on success (removed on failure).
+
+    The temporary file is named ``.<name>.<pid>.<random>.tmp``, so a later run can tell one left by a killed process
+    (:func:`remove_stale_temporaries`).
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
     if output.is_file():
         mode = output.stat().st_mode & 0o777
     else:
@@ -323,7 +362,9 @@ def _replacing(output: Path) -> Iterator[Any]:
         os.umask(umask)
         mode = 0o666 & ~umask
     with naming_write_errors(output, output.parent):
-        handle, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        handle, tmp = tempfile.mkstemp(
+            dir=output.parent, prefix=f"{_temporary_prefix(output)}{os.getpid()}.", suffix=".tmp"
+        )
     stream = os.fdopen(handle, "w", newline="")
     try:
         yield stream

@@ -181,3 +181,13 @@ def test_training_refuses_a_read_only_log_dir_before_the_run(tmp_path, multirun)
     assert result.returncode == 2, result.stderr  # the old code: Hydra's traceback of an OSError, exit 1
     assert f"(paths.log_dir={mount}/logs): cannot write into {mount}: a read-only file system" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["save", "restore"])
+def test_state_refuses_a_destination_under_a_file_naming_it(tmp_path, command, capsys):
+    (tmp_path / "plain").write_text("not a folder")
+    (tmp_path / "sweep").mkdir()
+    source, destination = (tmp_path / "sweep", tmp_path / "plain" / "dest")
+    assert main(["state", command, str(source), str(destination)]) == 1
+    # the old code: "nothing saved" with exit 0 (save), "no interrupted job" (restore): the destination unnamed
+    assert f"state {command} into {destination}: {tmp_path / 'plain'} is not a folder" in capsys.readouterr().err

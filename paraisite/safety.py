@@ -66,6 +66,25 @@ def configured_limit(variable: str, default: float) -> float:
     return value
 
 
+#: The environment variables that set cost bounds of ``predict``/``scan`` (``docs/limits.md``).
+PREDICTION_LIMIT_VARIABLES = (
+    "PARAISITE_MAX_ATOMS",
+    "PARAISITE_MAX_CIF_IMAGES",
+    "PARAISITE_MAX_GRAPH_EDGES",
+    "PARAISITE_FILE_SECONDS",
+)
+
+
+def check_limit_variables(variables: tuple[str, ...] = PREDICTION_LIMIT_VARIABLES) -> None:
+    """Refuse, before any work, a bound's variable that is set to something other than a positive number.
+
+    Raises:
+        LimitSettingError: naming the variable and its value.
+    """
+    for variable in variables:
+        configured_limit(variable, 1.0)
+
+
 def new_file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
     umask = os.umask(0)

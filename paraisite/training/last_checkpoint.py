@@ -26,7 +26,14 @@ class LastEpochCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Save the whole training state (weights, optimizer, loops, callbacks) to :attr:`path`."""
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+        """Save the whole training state (weights, optimizer, loops, callbacks) to :attr:`path`.
+
+        Every process calls ``trainer.save_checkpoint`` (it ends with a barrier: with DDP, rank 0 alone would wait
+        for the others for ever); only rank 0 writes, through a temporary file.
+        """
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
-        atomic_write(self.path, functools.partial(trainer.save_checkpoint, weights_only=False))
+        if trainer.is_global_zero:
+            atomic_write(self.path, functools.partial(trainer.save_checkpoint, weights_only=False))
+        else:
+            trainer.save_checkpoint(self.path, weights_only=False)  # writes nothing on this rank; joins the barrier

@@ -9,7 +9,10 @@ One place for the rules every reader applies:
   a limit, checked without opening it first, so a FIFO never blocks the reader.
 - :func:`read_limited`: the bytes of a regular file, refused past a size limit (also for ``.gz`` and ``.xz``
   contents, whose decompressed size is what is limited: a decompression bomb is cut off at the limit).
-- :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it.
+- :func:`atomic_write`: a file is replaced whole or not at all, so a reader never sees half of it; a failed write
+  (a full disk, a read-only file system) names the file (:func:`naming_write_errors`).
+- :func:`check_writable_folder`: a folder a command will write into is tried before the work starts, so a read-only
+  or full one is refused at once, naming it.
 - :func:`exclusive_lock`: one process at a time (one writer of a scan's CSV, one trainer of a job).
 - :func:`configured_limit`: a cost bound's value, its default overridden by an environment variable
   (``docs/limits.md`` lists them).
@@ -19,6 +22,7 @@ Everything here is cheap and has no heavy imports, so it can run on every load.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gzip
 import io
@@ -62,6 +66,25 @@ def configured_limit(variable: str, default: float) -> float:
     return value
 
 
+#: The environment variables that set cost bounds of ``predict``/``scan`` (``docs/limits.md``).
+PREDICTION_LIMIT_VARIABLES = (
+    "PARAISITE_MAX_ATOMS",
+    "PARAISITE_MAX_CIF_IMAGES",
+    "PARAISITE_MAX_GRAPH_EDGES",
+    "PARAISITE_FILE_SECONDS",
+)
+
+
+def check_limit_variables(variables: tuple[str, ...] = PREDICTION_LIMIT_VARIABLES) -> None:
+    """Refuse, before any work, a bound's variable that is set to something other than a positive number.
+
+    Raises:
+        LimitSettingError: naming the variable and its value.
+    """
+    for variable in variables:
+        configured_limit(variable, 1.0)
+
+
 def new_file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
     umask = os.umask(0)
@@ -73,17 +96,103 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` then move ``tmp`` to ``path``, so readers never see a half-written file.
 
     The file gets the mode a plain ``open()`` would give it (the umask's), not the temporary file's 0600.
+
+    Raises:
+        WriteError: writing failed (a full disk, a read-only file system, ...), naming ``path``; it was left as it
+            was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming_write_errors(path, path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        with naming_write_errors(path, tmp):
+            write(Path(tmp))
+            os.chmod(tmp, new_file_mode())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class WriteError(OSError):
+    """Writing a file failed (a full disk, a read-only file system, a permission); the message names the file."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message names the file and the problem; no "[Errno N]" before it
+
+
+#: Why a write fails, in words, for the errors a user can fix by choosing another place (or freeing space).
+_WRITE_PROBLEMS = {
+    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "the file is larger than this process may write",
+}
+
+
+def write_problem(error: OSError) -> str:
+    """``error`` in words (:data:`_WRITE_PROBLEMS`, else its own text)."""
+    return _WRITE_PROBLEMS.get(error.errno or 0, error.strerror or str(error))
+
+
+@contextmanager
+def naming_write_errors(path: str | os.PathLike, *also: str | os.PathLike) -> Iterator[None]:
+    """Raise an ``OSError`` of the block that is about writing ``path`` as a :class:`WriteError` naming ``path``.
+
+    About writing ``path``: the error names no file (``write()`` on a full disk), or names ``path`` or one of
+    ``also`` (its temporary file), or is one of the errors of :data:`_WRITE_PROBLEMS` other than a permission (a
+    full disk is full whatever file the error names). Other errors (say, reading an input) pass unchanged.
+    """
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        named = {os.fspath(name) for name in (path, *also)}
+        about_output = error.filename is None or os.fspath(error.filename) in named
+        if not (about_output or error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)):
+            raise
+        raise WriteError(error.errno, f"{path}: could not be written: {write_problem(error)}") from error
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str, create: bool = False) -> None:
+    """Refuse, before any work, a folder that a file could not be written into: try writing one there.
+
+    A small hidden file is created, written and removed in ``folder`` (or, with ``create``, in its nearest existing
+    parent when ``folder`` does not exist yet: the command creates it), so a read-only file system, a folder without
+    write permission and a full disk are all refused at once, by the kernel's own answer.
+
+    Args:
+        folder: where the command will write.
+        what: what the folder is for, for the message (e.g. ``"-o out/x.csv"``).
+        create: a missing ``folder`` is allowed (else it is refused).
+
+    Raises:
+        WriteError: naming ``what``, the folder and the problem.
+    """
+    folder = Path(folder)
+    tried = folder
+    while not tried.exists():
+        if not create:
+            raise WriteError(errno.ENOENT, f"{what}: the folder {folder} does not exist; create it first")
+        tried = tried.parent
+    if not tried.is_dir():
+        raise WriteError(errno.ENOTDIR, f"{what}: {tried} is not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=tried, prefix=".paraisite-write-check.")
+        try:
+            os.write(handle, b"\n")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as error:
+        raise WriteError(
+            error.errno, f"{what}: cannot write into {tried}: {write_problem(error)}; nothing was run"
+        ) from error
 
 
 @contextmanager

@@ -101,3 +101,17 @@ def test_a_cif_with_several_structures_is_refused_naming_its_blocks(tmp_path):
     assert str(error.value).startswith(f"{path}: holds 2 crystal structures (data blocks ")
     assert "only the first would be predicted, so the file is refused" in str(error.value)
     assert len(read_input_structure(one)) == 8  # one block: read as before
+
+
+@pytest.mark.parametrize("variable", ["PARAISITE_MAX_ATOMS", "PARAISITE_FILE_SECONDS", "PARAISITE_MAX_GRAPH_EDGES"])
+@pytest.mark.parametrize("command", ["predict", "scan"])
+def test_a_bad_bound_variable_is_refused_before_any_file_is_read(tmp_path, monkeypatch, capsys, variable, command):
+    from paraisite.cli.main import main
+
+    simple_cubic(tmp_path / "a.cif", 2, spacing=2.35)
+    monkeypatch.setenv(variable, "abc")
+    # a model that does not exist: its error would come first if the variable were read later (the old code made
+    # every file an error row for PARAISITE_MAX_ATOMS, and refused PARAISITE_FILE_SECONDS only with workers)
+    assert main([command, "--model", "no-such-model", str(tmp_path / "a.cif"), "-o", str(tmp_path / "o.csv")]) == 1
+    assert f"{variable}='abc': a limit must be a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

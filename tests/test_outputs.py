@@ -172,3 +172,28 @@ def test_interrupted_predict_leaves_the_previous_output_and_no_temporary_file(tm
     run_predictions(predictor, list(map(str, sample_cifs)), output, batch_size=2)
     assert len(read_rows(output)) == len(sample_cifs)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_the_temporary_file_of_a_killed_predict_is_removed_by_the_next_one(tmp_path, sample_cifs):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(300):
+        shutil.copy(sample_cifs[index % len(sample_cifs)], folder / f"{index:03d}.cif")
+    output = tmp_path / "out.csv"
+    killed = cli("predict", "--model", MODEL, str(folder), "-o", str(output), "--workers", "0", "--batch-size", "1")
+    deadline = time.monotonic() + 120
+    while not (left := list(tmp_path.glob(".out.csv.*.tmp"))):
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() < deadline, "no temporary output before the deadline"
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL: the process cannot remove its temporary file
+    killed.communicate(timeout=60)
+    assert left[0].exists()
+    assert left[0].name.startswith(f".out.csv.{killed.pid}.")
+    live = tmp_path / f".out.csv.{os.getpid()}.another-live-run.tmp"  # a process that still runs keeps its file
+    live.write_text("")
+
+    assert main(["predict", "--model", MODEL, str(sample_cifs[0]), "-o", str(output), "--workers", "0"]) == 0
+    assert not left[0].exists()  # left behind for good on the old code
+    assert live.exists()
+    assert len(read_rows(output)) == 1

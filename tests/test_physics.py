@@ -13,6 +13,7 @@ from pymatgen.core import Lattice, Structure
 from paraisite.config import group_options
 from paraisite.models.physics import (
     DESCRIPTOR_NAMES,
+    FEATURE_NAMES,
     EOSFitError,
     EOSScanner,
     ScanSettings,
@@ -114,10 +115,16 @@ def test_source_descriptors_are_cached(scanner):
     np.testing.assert_array_equal(source_descriptors("dataset1", ids, scanner=unusable), first)
 
 
-def test_features_switch_trains_reloads_and_predicts(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def eos_run(tmp_path_factory):
+    """A tiny run with physics features: its folder, config and result."""
+    run_dir = tmp_path_factory.mktemp("eos") / "run"
     cfg = compose_train(run_dir, "data=dataset1", "max_per_source=20", *FAST, "+features=eos")
-    result = train(cfg)
+    return run_dir, cfg, train(cfg)
+
+
+def test_features_switch_trains_reloads_and_predicts(tmp_path, eos_run):
+    run_dir, cfg, result = eos_run
     assert result["status"] == "completed"
     model = LTCRegressor.load_from_checkpoint(result["best_checkpoint"], map_location="cpu")
     assert len(model.hparams.physics["mean"]) == len(DESCRIPTOR_NAMES) == model.extra_inputs
@@ -129,6 +136,27 @@ def test_features_switch_trains_reloads_and_predicts(tmp_path):
     rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")  # descriptors computed from the files
     predicted = np.array([float(row["tc_W_per_mK"]) for row in rows])
     np.testing.assert_allclose(predicted, np.concatenate([e.detach().numpy() for e in expected]), rtol=1e-4)
+    assert {row["imputed_features"] for row in rows} == {""}  # every fit of Dataset1's crystals succeeded
+
+
+def test_rows_whose_physics_features_were_imputed_are_flagged(tmp_path, eos_run):
+    run_dir, _, _ = eos_run
+    silicon().to(filename=str(tmp_path / "Si.cif"))
+    # a cell 2.4x too large in volume: over the +-5 % scan the energy keeps falling towards smaller volumes
+    silicon(5.431 * 1.35).to(filename=str(tmp_path / "stretched-Si.cif"))
+    paths = [str(tmp_path / "Si.cif"), str(tmp_path / "stretched-Si.cif")]
+    rows = predict_with_cli(run_dir, paths, tmp_path / "ltc.csv")
+    assert rows[0]["imputed_features"] == ""
+    # all six: the training mean stood in for each (the old CSV had no such column)
+    assert rows[1]["imputed_features"].split() == list(FEATURE_NAMES)
+    assert float(rows[1]["tc_W_per_mK"]) > 0
+    assert not rows[1]["error"]
+
+
+def test_models_without_physics_features_have_no_imputed_column(tmp_path):
+    silicon().to(filename=str(tmp_path / "Si.cif"))
+    rows = predict_with_cli("cgcnn-formation-energy-per-atom", [str(tmp_path / "Si.cif")], tmp_path / "out.csv")
+    assert "imputed_features" not in rows[0]
 
 
 @pytest.mark.parametrize("experiment", [None, *group_options("experiment")])

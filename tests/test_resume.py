@@ -244,3 +244,19 @@ with exclusive_lock(Path(sys.argv[1])) as holder:
     print("locked", flush=True)
     time.sleep(300)
 """
+
+
+def test_last_checkpoint_follows_every_epoch_on_a_plateau(tmp_path):
+    """An interrupted run resumes from its last epoch, not from its last improvement.
+
+    lr=1e-30 leaves the weights as they are: the validation MAPE never improves after epoch 0, so Lightning's own
+    ``save_last`` (written only with a new best, Lightning 2.6) kept ``last.ckpt`` at epoch 0 (a run stopped at epoch 51
+    then resumed at epoch 0).
+    """
+    run_dir = tmp_path / "run"
+    tiny_ltc_run(run_dir, "trainer.max_epochs=4", "model.optimizer.lr=1e-30")
+    epochs = {
+        name: torch.load(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=False, map_location="cpu")["epoch"]
+        for name in ("best", "last")
+    }
+    assert epochs == {"best": 0, "last": 3}  # last 0 on the old code

@@ -114,6 +114,12 @@ def _link(state: Path) -> None:
     curve.symlink_to("/etc/hostname")
 
 
+def _state_link(state: Path) -> None:
+    real = state.with_name("real-state")
+    state.rename(real)
+    state.symlink_to(real)
+
+
 CASES = [  # (case, tampering of the state copy, message)
     ("a link", _link, "a link in the state folder; nothing was restored"),
     ("a FIFO", lambda state: os.mkfifo(state / "job" / "notes"), "not a regular file (a FIFO"),
@@ -122,6 +128,7 @@ CASES = [  # (case, tampering of the state copy, message)
     ("a corrupt checkpoint", _truncate, "best.ckpt.xz: not a readable xz file"),
     ("an empty state", lambda state: shutil.rmtree(state / "job"), "no interrupted job with a last.ckpt"),
     ("no state", shutil.rmtree, "no such folder"),
+    ("a link as the state folder", _state_link, "a link; give the folder itself"),  # "no such folder" before
 ]
 
 

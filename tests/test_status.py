@@ -66,7 +66,8 @@ def test_custom_layout_is_grouped_by_the_records_and_configs(tmp_path, capsys):
     config(sweep / "1", "train", "AFLOW", 2)
     write(sweep / "1" / "metrics.json", {"status": "failed", "seed": 2, "error": "ValueError: boom"})
     config(sweep / "2", "finetune", "Dataset1", 1)
-    write(sweep / "2" / "metrics.json", {"status": "running", "pid": os.getpid(), "started": time.time() - 5})
+    # started now: this process began before (a start time before the process began would read as a recycled pid)
+    write(sweep / "2" / "metrics.json", {"status": "running", "pid": os.getpid(), "started": time.time()})
     (sweep / "0" / "csv").mkdir()  # logger output is not searched
     write(sweep / "0" / "csv" / "metrics.json", {"status": "failed"})
     code, out = status(sweep, capsys)
@@ -104,3 +105,35 @@ def test_folder_without_records_is_an_error(tmp_path, capsys):
     (tmp_path / "empty" / "notes").mkdir(parents=True)
     assert main(["status", str(tmp_path / "empty")]) == 1
     assert "no run records (metrics.json or ensemble.json) under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"status": "completed", "task_na', "unreadable metrics.json: Unterminated string"),  # cut off
+        ("not json", "unreadable metrics.json: Expecting value"),
+        ("[1, 2]", "metrics.json does not hold a JSON object"),
+        ('{"status": "done"}', "malformed metrics.json: status 'done' is not one of"),
+    ],
+)
+def test_an_unreadable_record_is_shown_as_such_with_its_reason(tmp_path, capsys, text, problem):
+    write(tmp_path / "g" / "train" / "Dataset2" / "seed1" / "metrics.json", completed("train", "Dataset2", 1))
+    bad = tmp_path / "g" / "train" / "Dataset2" / "seed2" / "metrics.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(text)
+    code, out = status(tmp_path / "g", capsys)
+    lines = out.splitlines()
+    assert lines[0] == "train  Dataset2  1 completed, 1 unreadable"  # "1 completed, 1 pending" on the old code
+    assert lines[1].strip().startswith(f"{bad}: {problem}")
+    assert lines[-1] == "total: 1 completed, 1 unreadable"
+    assert code == 1
+
+
+def test_an_unreadable_ensemble_record_is_shown_with_its_reason(tmp_path, capsys):
+    job = tmp_path / "g" / "train" / "Dataset1" / "seeds1-2-3"
+    job.mkdir(parents=True)
+    (job / "ensemble.json").write_text('{"status": "running", "seeds": [1, 2')
+    code, out = status(tmp_path / "g", capsys)
+    assert out.splitlines()[0] == "train  Dataset1  1 unreadable"  # no line at all on the old code
+    assert f"{job / 'ensemble.json'}: unreadable ensemble.json" in out
+    assert code == 1

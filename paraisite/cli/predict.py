@@ -4,7 +4,10 @@
 files: it appends each batch as it goes to its progress log ``<out stem>.progress.csv``, under an
 exclusive lock (``<out>.lock``, removed at the end: a second scan on the same output is refused), resumes an
 interrupted run from that log without repeating finished files, and writes the ranking (lowest first) to ``-o``.
-Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1 and ``--workers`` below 0.
+Both refuse, before writing anything: ``-o`` equal to an input, ``--batch-size`` below 1 and ``--workers`` below 0;
+and, before the model is loaded, an ``-o`` whose folder is missing, read-only or full (a file is tried there) and
+a bound's variable (``PARAISITE_MAX_ATOMS``, ...) that is not a positive number. A
+write that fails later (the disk filled up meanwhile) names the file.
 Both exit 1 when every file tried failed (the error rows are still written), 3 when a worker process died or passed
 the per-file time limit on some files (``PARAISITE_FILE_SECONDS``).
 See :mod:`paraisite.zoo.scan` for the inputs taken and the columns.
@@ -23,11 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from paraisite.cpus import set_torch_threads, usable_cpus
+from paraisite.safety import check_limit_variables
 from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
     RECOMMENDED_LTC_MODEL,
     check_output,
+    check_output_folder,
     check_run_options,
     output_lock,
     structure_paths,
@@ -107,6 +112,7 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
 
 def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
     """Check the inputs and the output before the model is loaded, then predict (``scan``: under the lock)."""
+    check_limit_variables()  # a bad PARAISITE_MAX_ATOMS made every file an error row; a bad time limit failed late
     paths = structure_paths(args.paths)
     if args.workers is None:
         args.workers = default_workers(len(paths))
@@ -114,6 +120,7 @@ def _predict(args: argparse.Namespace, scan_output: bool) -> PredictionSummary:
     if not paths:
         raise ValueError(f"no structure files in {' '.join(args.paths)} (names taken from folders: see --help)")
     check_output(args.output, [*paths, *args.paths], scan=scan_output)
+    check_output_folder(args.output, scan=scan_output)
     with output_lock(args.output) if scan_output else nullcontext():
         return _load_and_run(args, paths, scan_output)
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from paraisite.safety import check_writable_folder
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``state``."""
@@ -22,12 +24,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_save(args: argparse.Namespace) -> int:
-    """Save; print each job with its epoch and size. A missing sweep folder is an error (exit 1)."""
+    """Save; print each job with its epoch and size.
+
+    A missing sweep folder, or a state folder that cannot be written into, is an error (exit 1).
+    """
     from paraisite.training.resume_state import ResumeStateError, save_resume_state  # torch: only when run
 
     if not args.sweep_dir.is_dir():
         print(f"paraisite state save: error: {args.sweep_dir}: no such sweep folder", file=sys.stderr)
         return 1
+    check_writable_folder(args.state_dir, what=f"state save into {args.state_dir}", create=True)
     try:
         saved = save_resume_state(args.sweep_dir, args.state_dir)
     except ResumeStateError as error:
@@ -42,9 +48,13 @@ def run_save(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    """Restore; print what was restored, skipped and refused. Exit 1 for a wrong state or any refused job."""
+    """Restore; print what was restored, skipped and refused.
+
+    Exit 1 for a wrong state, a sweep folder that cannot be written into, or any refused job.
+    """
     from paraisite.training.resume_state import ResumeStateError, restore_resume_state
 
+    check_writable_folder(args.sweep_dir, what=f"state restore into {args.sweep_dir}", create=True)
     try:
         report = restore_resume_state(args.state_dir, args.sweep_dir)
     except ResumeStateError as error:

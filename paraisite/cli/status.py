@@ -1,4 +1,4 @@
-"""``paraisite status FOLDER``: which runs under a folder are done, failed, running, interrupted or pending.
+"""``paraisite status FOLDER``: which runs under a folder are done, failed, running, interrupted, pending or unreadable.
 
 Any folder: a sweep of the paper's steps, a plain multirun, a single run, or a custom layout. The runs are found from
 their records (every ``metrics.json`` and ensemble ``ensemble.json`` below the folder) and grouped by what they say
@@ -7,7 +7,9 @@ they are: the task and dataset of the record, else of the run's ``config_resolve
 Pending runs are the ones a record cannot show: the seeds expected (``--seeds``; the paper's 1-9 for its steps) that
 have no record; a sweep of the paper's steps also lists the paper's jobs not started yet.
 
-Completed seeds whose last epoch predicted one constant or a not finite value are named below their job.
+Completed seeds whose last epoch predicted one constant or a not finite value are named below their job, and so is
+each record that cannot be read (not JSON, cut off, malformed), with the reason: such a run is ``unreadable``, never
+``pending``.
 """
 
 from __future__ import annotations
@@ -66,16 +68,24 @@ def _last_epoch(job_dir: Path) -> int | None:
     return max(epochs) + 1 if epochs else None
 
 
-def _record(path: Path) -> RunRecord | None:
-    """The record at ``path``; ``None`` when there is none or it cannot be read (shown as not started)."""
+def _record(path: Path) -> RunRecord | RunRecordError | None:
+    """The record at ``path``; ``None`` when there is none, the error when it cannot be read."""
     try:
         return read_run_record(path)
-    except (FileNotFoundError, RunRecordError):
+    except FileNotFoundError:
         return None
+    except RunRecordError as error:
+        return error
 
 
-def run_state(record: RunRecord | None) -> str:
-    """``completed``, ``failed``, ``running``, ``interrupted`` (running, but its process is gone) or ``pending``."""
+def run_state(record: RunRecord | RunRecordError | None) -> str:
+    """The state of a run from its record: ``completed``, ``failed``, ``running`` or ``interrupted``.
+
+    ``interrupted``: running, but its process is gone; ``pending``: no record; ``unreadable``: a record that cannot be
+    read.
+    """
+    if isinstance(record, RunRecordError):
+        return "unreadable"
     if record is None:
         return "pending"
     if record.status == "running":
@@ -85,13 +95,14 @@ def run_state(record: RunRecord | None) -> str:
 
 @dataclass
 class Run:
-    """One run found under the folder: its job (task, dataset), seed, state and record."""
+    """One run found under the folder: its job (task, dataset), seed, state and record (or why it is unreadable)."""
 
     job: tuple[str, str]
     seed: int | None
     state: str
     folder: Path
     record: RunRecord | None = None
+    unreadable: RunRecordError | None = None
 
 
 def record_files(root: Path) -> list[Path]:
@@ -151,13 +162,17 @@ def find_runs(root: Path) -> tuple[list[Run], dict[tuple[str, str], str]]:
     runs: dict[Path, Run] = {}
     ensembles: list[tuple[Path, RunRecord]] = []
     for path in record_files(root):
-        record = _record(path)
-        if path.name == "ensemble.json":
-            if record is not None:
-                ensembles.append((path.parent, record))
+        read = _record(path)
+        record = read if isinstance(read, RunRecord) else None
+        error = read if isinstance(read, RunRecordError) else None
+        if path.name == "ensemble.json" and record is not None:
+            ensembles.append((path.parent, record))
             continue
         folder = path.parent
-        runs[folder] = Run(job_of(folder, record, root), _seed_of(folder, record), run_state(record), folder, record)
+        if path.name == "ensemble.json" and (error is None or folder in runs):
+            continue
+        job, seed = job_of(folder, record, root), _seed_of(folder, record)
+        runs[folder] = Run(job, seed, run_state(read), folder, record, error)
     progress: dict[tuple[str, str], str] = {}
     for job_dir, record in ensembles:
         job = job_of(job_dir, None, root)
@@ -208,7 +223,7 @@ def _problems(runs: list[Run]) -> dict[str, list[int]]:
 
 
 #: The order states are listed in.
-STATE_ORDER = ("completed", "failed", "running", "interrupted", "pending")
+STATE_ORDER = ("completed", "failed", "running", "interrupted", "unreadable", "pending")
 
 
 def _in_order(states: set[str]) -> list[str]:
@@ -216,7 +231,10 @@ def _in_order(states: set[str]) -> list[str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Print one line per (task, dataset): counts per state, and the ensemble job's progress; exit 1 on failures.
+    """Print one line per (task, dataset): counts per state and the ensemble job's progress; exit 1 on failures.
+
+    Below each job: its seeds whose last epoch was constant or not finite, and each record that cannot be read, with
+    why (exit 1 too).
 
     A folder with no run record at all is an error (exit 1): nothing under it was started by ``paraisite-train``.
     """
@@ -241,5 +259,8 @@ def run_status(args: argparse.Namespace) -> int:
         for problem, bad in _problems(found).items():
             label = "seed" if len(bad) == 1 else "seeds"
             print(f"{'':16} {label} {', '.join(map(str, sorted(bad)))}: {problem} at the last epoch")
+        for run in found:
+            if run.unreadable is not None:
+                print(f"{'':16} {run.unreadable.path}: {run.unreadable.problem}")
     print("total: " + ", ".join(f"{totals[state]} {state}" for state in _in_order(set(totals))))
-    return 1 if totals.get("failed") else 0
+    return 1 if totals.get("failed") or totals.get("unreadable") else 0

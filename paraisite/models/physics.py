@@ -400,6 +400,9 @@ class PhysicsGraphBuilder:
     descriptors are computed from the structure itself (no cache), then turned into :data:`FEATURE_NAMES`.
     """
 
+    #: Names of the ``extra_features`` columns (NaN where the fit failed: the model then uses its training mean).
+    feature_names = FEATURE_NAMES
+
     def __init__(self, builder: Any, settings: ScanSettings) -> None:
         self.builder = builder
         self.scanner = EOSScanner(settings)

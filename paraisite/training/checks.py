@@ -3,7 +3,8 @@
 :func:`check_run_config` checks one composed config: types and ranges (with the valid range in the message) and the
 keys of every node built from a ``_target_`` (a misspelt key added with ``+`` names the nearest valid ones).
 :func:`check_command_line` runs it on every job of a ``paraisite-train`` command line before Hydra starts anything,
-and names the nearest valid keys of a misspelt override.
+names the nearest valid keys of a misspelt override, and tries writing where the jobs write (under ``paths.log_dir``
+by default: a read-only or full folder is refused, naming it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from paraisite.safety import WriteError, check_writable_folder
 
 #: Widest hidden layer of a head (a wider one is built until the kernel kills the process).
 MAX_HEAD_WIDTH = 65536
@@ -181,7 +184,9 @@ def check_command_line(argv: Sequence[str]) -> str | None:
     """What is wrong with a ``paraisite-train`` command line's configs (every job of a sweep), or ``None``.
 
     Each job's config is composed as Hydra will compose it and checked by :func:`check_run_config`; an override of
-    a key that does not exist names the nearest valid keys of its group. Command lines this cannot judge
+    a key that does not exist names the nearest valid keys of its group; a job folder (``hydra.run.dir``, or
+    ``hydra.sweep.dir`` with ``-m``: under ``paths.log_dir`` by default) that cannot be written into (read-only, full,
+    under a file) is named. Command lines this cannot judge
     (``--help``, ``--cfg``, another config name or directory, a syntax error) are left to Hydra (``None``).
     """
     from hydra import compose, initialize_config_dir
@@ -206,11 +211,12 @@ def check_command_line(argv: Sequence[str]) -> str | None:
         return None  # Hydra refuses a sweep without --multirun
     else:
         jobs = [list(args.overrides)]
+    folders: dict[str, str] = {}
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for job in jobs:
             label = f"job {' '.join(job)}: " if args.multirun else ""
             try:
-                cfg = compose(config_name="train", overrides=job)
+                cfg = compose(config_name="train", overrides=job, return_hydra_config=True)
             except HydraException:
                 problem = _misspelt_override(job, compose)
                 return label + problem if problem else None
@@ -218,6 +224,22 @@ def check_command_line(argv: Sequence[str]) -> str | None:
                 check_run_config(cfg)
             except ConfigValueError as error:
                 return f"{label}{error}"
+            folder = OmegaConf.select(cfg, "hydra.sweep.dir" if args.multirun else "hydra.run.dir", default=None)
+            if folder is not None:
+                folders.setdefault(str(folder), str(OmegaConf.select(cfg, "paths.log_dir", default="")))
+    return _unwritable_folder(folders)
+
+
+def _unwritable_folder(folders: dict[str, str]) -> str | None:
+    """Why one of the jobs' folders (to their ``paths.log_dir``) cannot be written into, or ``None``.
+
+    Where the jobs write: a read-only or full folder is refused before any job runs.
+    """
+    for folder, log_dir in folders.items():
+        try:
+            check_writable_folder(folder, what=f"the job folder {folder} (paths.log_dir={log_dir})", create=True)
+        except WriteError as error:
+            return str(error)
     return None
 
 

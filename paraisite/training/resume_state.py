@@ -156,7 +156,9 @@ def check_state_tree(state: Path) -> None:
     Raises:
         ResumeStateError: naming the first such entry.
     """
-    if not state.is_dir() or state.is_symlink():
+    if state.is_symlink():
+        raise ResumeStateError(f"{state}: a link; give the folder itself (links are refused, nothing was restored)")
+    if not state.is_dir():
         raise ResumeStateError(f"{state}: no such folder (a folder written by `paraisite state save`)")
     for folder, names, files in os.walk(state, followlinks=False):
         for name in [*names, *files]:

@@ -50,6 +50,7 @@ from paraisite.training.builders import (
 )
 from paraisite.training.checks import check_command_line, check_run_config
 from paraisite.training.curves import TrainingCurves
+from paraisite.training.last_checkpoint import LastEpochCheckpoint
 from paraisite.training.noise import quiet_known_noise
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # a learning-rate monitor needs somewhere to log
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(TrainingCurves(output_dir / CURVES_NAME, title=_curves_title(cfg)))
+    if any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):  # every epoch, not only improving ones
+        callbacks.append(LastEpochCheckpoint(last))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
 

@@ -6,13 +6,14 @@ Light on purpose (no torch, pymatgen or pandas): the CLI runs these checks, and 
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from paraisite.safety import exclusive_lock
+from paraisite.safety import WriteError, check_writable_folder, exclusive_lock
 
 #: Names taken from folders (case-insensitive); files named on the command line are always tried.
 STRUCTURE_PATTERNS = (
@@ -95,6 +96,24 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike],
             if _same_file(target, path):
                 kind = "the progress log of -o" if target != output else "-o"
                 raise OutputError(f"{kind} {target} is also an input; choose another output file")
+
+
+def check_output_folder(output: str | os.PathLike, *, scan: bool = False) -> None:
+    """Refuse, before the model is loaded, an output the run could not write: its folder is tried for writing.
+
+    A read-only folder (file system or permissions) or a full disk is refused at once, naming the path, instead of
+    after every file was predicted; a missing folder is created by the run (its nearest existing parent is tried).
+    ``scan``: its progress log, if there, must be writable too (it is appended to).
+
+    Raises:
+        WriteError: naming the path and the problem; nothing was written.
+    """
+    output = Path(output)
+    check_writable_folder(output.parent, what=f"-o {output}", create=True)
+    log = scan_log_path(output)
+    if scan and log.is_file() and not os.access(log, os.W_OK):
+        problem = f"-o {output}: its progress log {log} is not writable (permission denied); nothing was run"
+        raise WriteError(errno.EACCES, problem)
 
 
 @contextmanager

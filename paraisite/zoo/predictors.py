@@ -91,6 +91,10 @@ class Predictor(ABC):
         """Sorted elements absent from the training data, or ``None`` if the training elements are unknown."""
         return None if self.training_elements is None else sorted(elements - self.training_elements)
 
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the per-crystal features its graphs carry as ``extra_features`` (none: the graph alone)."""
+        return ()
+
 
 class CGCNNPredictor(Predictor):
     """A published CGCNN model: values in the model's units, plus GPa for the log10 moduli; P(metal)."""
@@ -199,6 +203,10 @@ class LTCPredictor(Predictor):
     def graph_builder(self) -> Callable[[Structure, str], Any]:
         """The members' graph builder (from their checkpoints' graph config)."""
         return self.builder.build
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The physics features of a model trained with them (``+features=eos``), else none."""
+        return tuple(getattr(self.builder, "feature_names", ()))
 
     @torch.no_grad()
     def predict(self, graphs: Sequence[Any]) -> Predictions:

@@ -6,7 +6,8 @@ row); folders are recursed and only files whose names look like structures are t
 next to the CIFs are ignored. Paths are written absolute, in argument order, folders sorted.
 
 Rows: ``path, formula, n_atoms``, the model's value columns, the applicability columns
-(``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``) and ``error``.
+(``unseen_elements`` space-separated, ``latent_knn_distance``, ``latent_percentile``, ``in_domain``), for models with
+physics features ``imputed_features`` (those whose fit failed, replaced by the training mean) and ``error``.
 Files are read by :func:`paraisite.data.inputs.read_input_structure`: regular files within a size limit, and
 only real, ordered crystals (no bad occupancies, NaN coordinates, zero-volume cells, overlapping atoms or unknown
 elements). A file that cannot be read, graphed or predicted gets a row with its ``error`` (naming the file and the
@@ -28,7 +29,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ import pandas as pd
 from paraisite.data.cache import atomic_write
 from paraisite.data.inputs import read_input_structure
 from paraisite.data.sources import StructureFileError
+from paraisite.safety import naming_write_errors
 from paraisite.zoo.files import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PERCENTILE,
@@ -179,10 +181,26 @@ def row_batches(
     yield from pool.map(chunks)
 
 
+#: Column of the models with physics features (``+features=eos``): the features of the row that were unknown (the
+#: crystal's energy-volume fit failed) and replaced by the training mean, space-separated; empty when none was.
+IMPUTED_COLUMN = "imputed_features"
+
+
 def output_columns(predictor: Predictor) -> list[str]:
-    """CSV columns for ``predictor``."""
+    """CSV columns for ``predictor``.
+
+    :data:`IMPUTED_COLUMN` for models with physics features; no ``in_domain`` for models whose evidence backs no
+    domain flag (``Predictor.domain_flag``).
+    """
     applicability = APPLICABILITY_COLUMNS if predictor.domain_flag else APPLICABILITY_COLUMNS[:-1]
-    return ["path", "formula", "n_atoms", *predictor.columns, *applicability, "error"]
+    imputed = [IMPUTED_COLUMN] if predictor.feature_names() else []
+    return ["path", "formula", "n_atoms", *predictor.columns, *applicability, *imputed, "error"]
+
+
+def imputed_features(names: tuple[str, ...], graph: Any) -> str:
+    """The names of ``graph``'s ``extra_features`` that are NaN (the model replaces them by its training mean)."""
+    values = np.asarray(graph.extra_features, dtype=float).reshape(-1)
+    return " ".join(name for name, value in zip(names, values, strict=True) if np.isnan(value))
 
 
 def _predict_items(predictor: Predictor, items: list[StructureGraph]) -> list[Predictions | None]:
@@ -222,6 +240,7 @@ def _pick(batch: Predictions, position: int) -> Predictions:
 def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile: float) -> list[dict[str, Any]]:
     """CSV rows (see the module docstring) for a batch of items."""
     rows = []
+    features = predictor.feature_names()
     for item, prediction in zip(items, _predict_items(predictor, items), strict=True):
         unseen = predictor.unseen_elements(item.elements) if item.formula is not None else None
         row: dict[str, Any] = {
@@ -231,6 +250,8 @@ def make_rows(predictor: Predictor, items: list[StructureGraph], max_percentile:
             "unseen_elements": None if unseen is None else " ".join(unseen),
             "error": item.error,
         }
+        if features and item.graph is not None:
+            row[IMPUTED_COLUMN] = imputed_features(features, item.graph)
         if prediction is not None:
             row.update({column: float(array[0]) for column, array in prediction.outputs.items()})
             if prediction.knn_distance is not None and prediction.percentile is not None:  # set together
@@ -296,23 +317,69 @@ def error_rows(output: Path) -> int:
         return sum(bool(row.get("error")) for row in csv.DictReader(stream))
 
 
+def _temporary_prefix(output: Path) -> str:
+    return f".{output.name}."
+
+
+def remove_stale_temporaries(output: Path) -> list[Path]:
+    """Remove the temporary files of ``output`` left by ``predict`` processes that no longer run; the removed ones.
+
+    A process killed with SIGKILL cannot remove its ``.<name>.<pid>.<random>.tmp``; the next ``predict`` into the
+    same file does, once no process ``<pid>`` runs (a live one, even another user's, keeps its file).
+    """
+    prefix, removed = _temporary_prefix(output), list[Path]()
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and not _running(int(pid)):
+            with suppress(FileNotFoundError):
+                (output.parent / name).unlink()
+                removed.append(output.parent / name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 @contextmanager
 def _replacing(output: Path) -> Iterator[Any]:
-    """A text stream to a temporary file beside ``output`` that replaces it on success (removed on failure)."""
+    """A text stream to a temporary file beside ``output`` that replaces it on success (removed on failure).
+
+    The temporary file is named ``.<name>.<pid>.<random>.tmp``, so a later run can tell one left by a killed process
+    (:func:`remove_stale_temporaries`).
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
     if output.is_file():
         mode = output.stat().st_mode & 0o777
     else:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    handle, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    with naming_write_errors(output, output.parent):
+        handle, tmp = tempfile.mkstemp(
+            dir=output.parent, prefix=f"{_temporary_prefix(output)}{os.getpid()}.", suffix=".tmp"
+        )
+    stream = os.fdopen(handle, "w", newline="")
     try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            yield stream
-        os.chmod(tmp, mode)
-        os.replace(tmp, output)
+        yield stream
+        with naming_write_errors(output, tmp):
+            stream.close()
+            os.chmod(tmp, mode)
+            os.replace(tmp, output)
     finally:
+        with suppress(OSError):  # after a failed write, closing tries the buffered rows again (and fails again)
+            stream.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -359,16 +426,19 @@ def run_predictions(
     summary = PredictionSummary(output, len(paths), len(paths) - len(todo), 0, 0)
     if progress is not None and summary.already_done:
         progress(summary.already_done)
-    output.parent.mkdir(parents=True, exist_ok=True)
     append = resume and output.is_file() and output.stat().st_size > 0
-    opened = open(output, "a" if append else "w", newline="") if resume else _replacing(output)  # noqa: SIM115
+    with naming_write_errors(output, output.parent):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        opened = open(output, "a" if append else "w", newline="") if resume else _replacing(output)  # noqa: SIM115
     with opened as stream:
         writer = csv.DictWriter(stream, columns, lineterminator="\n")
         if not append:
-            writer.writeheader()
+            with naming_write_errors(output):
+                writer.writeheader()
         for rows in row_batches(predictor, todo, batch_size, workers, max_percentile):
-            writer.writerows(rows)
-            stream.flush()
+            with naming_write_errors(output):  # a full disk names the file (scan: the rows before it are kept)
+                writer.writerows(rows)
+                stream.flush()
             failed = sum(row["error"] is not None for row in rows)
             summary.failed += failed
             summary.lost += sum(isinstance(row, LostRow) for row in rows)

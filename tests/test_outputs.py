@@ -116,6 +116,15 @@ def test_scan_progress_log_equal_to_an_input_is_refused(tmp_path, sample_cifs, c
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_scan_progress_log_that_is_a_link_is_refused_untouched(tmp_path, sample_cifs, capsys):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not ours\n")
+    (tmp_path / "out.progress.csv").symlink_to(elsewhere)  # appending would write through the link
+    assert main(["scan", "--model", MODEL, str(sample_cifs[0]), "-o", str(tmp_path / "out.csv")]) == 1
+    assert "is a link or not a regular file" in capsys.readouterr().err
+    assert elsewhere.read_text() == "not ours\n"
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

@@ -300,15 +300,32 @@ def restore_resume_state(state: Path, sweep: Path) -> RestoreReport:
     for job, record in state_jobs(state):
         relative = job.relative_to(state)
         target = sweep / relative
-        with exclusive_lock(target / LOCK_NAME) as holder:
-            if holder is not None:
-                report.refused.append(f"{relative}: process {holder or 'unknown'} is training it in {sweep}")
-                continue
-            epoch = _staged_restore(job, record, state, sweep, limit, report)
-            if epoch is not None:
-                files = _job_files(job, record)
-                report.restored.append(SavedJob(relative, epoch, tuple(p.relative_to(state) for p in files)))
+        new_folders = [folder for folder in (target, *target.parents) if not folder.exists()]
+        epoch = None
+        try:
+            with exclusive_lock(target / LOCK_NAME) as holder:
+                if holder is not None:
+                    report.refused.append(f"{relative}: process {holder or 'unknown'} is training it in {sweep}")
+                    continue
+                epoch = _staged_restore(job, record, state, sweep, limit, report)
+                if epoch is not None:
+                    files = _job_files(job, record)
+                    report.restored.append(SavedJob(relative, epoch, tuple(p.relative_to(state) for p in files)))
+        finally:
+            if epoch is None:  # nothing restored: the folders made for it (and its lock file) go again
+                _remove_new_folders(new_folders, target / LOCK_NAME)
     return report
+
+
+def _remove_new_folders(folders: list[Path], lock: Path) -> None:
+    """Remove ``folders`` (deepest first) that this restore created, if they hold nothing but ``lock``."""
+    for folder in folders:
+        if folder == lock.parent:
+            lock.unlink(missing_ok=True)
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
 
 
 def _staged_restore(

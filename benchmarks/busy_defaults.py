@@ -1,7 +1,7 @@
 """Thread and worker defaults measured idle and beside one busy process; print and write JSON.
 
 Usage: ``python benchmarks/busy_defaults.py [--epochs 10] [--files 1000] [--repeats 2] [--model ltc-step2-dataset2]
-[--out experiments/busy-defaults/busy_defaults.json]`` (``PARAISITE_MIRROR`` set offline).
+[--make-train] [--out experiments/busy-defaults/busy_defaults.json]`` (``PARAISITE_MIRROR`` set offline).
 
 Two jobs, each run as the user runs it (a fresh ``paraisite-train`` / ``paraisite predict`` process, wall time):
 
@@ -9,6 +9,9 @@ Two jobs, each run as the user runs it (a fresh ``paraisite-train`` / ``paraisit
   shrunk to ``--epochs`` epochs, once per torch thread count (``threads=N``);
 - ``predict``: the first ``--files`` AFLOW CIFs of the mirror (sorted by name) with ``--model``, once per
   (``--workers``, ``OMP_NUM_THREADS``) setting.
+
+- ``make-train`` (with ``--make-train``): ``make train``'s job itself, nothing overridden (its 100 epochs, the default
+  thread rule: ``threads`` is recorded as ``"default"``).
 
 Each setting runs ``idle`` (nothing started by the benchmark) and ``busy`` (beside one pure-Python spin loop, one core's
 worth of load), interleaved: every repeat runs every (condition, setting) pair, the condition order alternating. The
@@ -78,11 +81,13 @@ def timed(command: list[str], env: dict[str, str], spinner: subprocess.Popen | N
     }
 
 
-def train_command(work: Path, threads: int, epochs: int, name: str) -> list[str]:
+def train_command(work: Path, threads: int | None, epochs: int | None, name: str) -> list[str]:
+    """``paraisite-train`` with its defaults; ``None``: that setting not overridden (``make train``'s own)."""
+    overrides = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
+    overrides += [] if threads is None else [f"threads={threads}"]
     return [
         str(BIN / "paraisite-train"),
-        f"trainer.max_epochs={epochs}",
-        f"threads={threads}",
+        *overrides,
         "logger=csv",
         "callbacks.progress_bar=null",
         f"hydra.run.dir={work / name}",
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default="ltc-step2-dataset2")
+    parser.add_argument("--make-train", action="store_true", help="also time make train's own job (100 epochs)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/busy-defaults/busy_defaults.json")
     args = parser.parse_args()
     mirror = os.environ.get("PARAISITE_MIRROR")
@@ -156,11 +162,15 @@ def main() -> None:
                 try:
                     time.sleep(1.0 if spinner else 0.0)
                     jobs = [("train", s) for s in train_settings] + [("predict", s) for s in predict_settings]
+                    jobs += [("make-train", {"threads": "default"})] if args.make_train else []
                     for job, setting in jobs:
                         count += 1
                         name = f"{job}-{count}"
                         env = {**base_env, "OMP_NUM_THREADS": str(setting["threads"])}
-                        if job == "train":
+                        if job == "make-train":  # as the user runs it: no OMP_NUM_THREADS, no override
+                            env = dict(base_env)
+                            command = train_command(work, None, None, name)
+                        elif job == "train":
                             command = train_command(work, setting["threads"], args.epochs, name)
                         else:
                             command = predict_command(work, args.model, files, setting["workers"], name)

@@ -183,6 +183,22 @@ def test_a_changed_space_group_is_refused_with_a_row_and_exit_1(tmp_path, capsys
     assert row["kappa_W_per_mK"] == ""
 
 
+def test_a_supercell_over_the_bound_is_refused_before_any_force(tmp_path, capsys, monkeypatch):
+    structure = tmp_path / "Si.vasp"
+    structure.write_text(SI_POSCAR)
+    output = tmp_path / "kappa.csv"
+    monkeypatch.setenv("PARAISITE_KAPPA_MAX_SUPERCELL_ATOMS", "500")  # quick protocol's fc2: 2x2x2 of 8 = 64 atoms
+    started = time.perf_counter()
+    command = ["kappa", str(structure), "-o", str(output), "--protocol", "quick", "--no-cache"]
+    assert main([*command, "--set", "fc2_min_length=30"]) == 1  # 30 A: 6x6x6 conventional cells, 1,728 atoms
+    assert time.perf_counter() - started < 60  # refused after the relaxation, before 1,728-atom forces
+    message = capsys.readouterr().err
+    assert "the fc2 supercell 6x6x6 of the 8-atom conventional cell has 1728 atoms, over the bound of 500" in message
+    assert "Lower fc2_min_length (now 30 A)" in message
+    (row,) = read_csv(output)
+    assert row["error"].startswith("SupercellTooLargeError")
+
+
 def test_a_bad_file_stops_the_command_before_any_work(tmp_path):
     good = tmp_path / "Si.vasp"
     good.write_text(SI_POSCAR)

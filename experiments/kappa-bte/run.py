@@ -102,12 +102,12 @@ def table(out: Path) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def capped_runner(runner: KappaRunner, atoms: object, max_multiple: int) -> KappaRunner:
-    """``runner``, or one whose fc3 length rule gives at most ``max_multiple`` conventional cells along each axis.
+def capped_runner(runner: KappaRunner, atoms: object, fc3_max: int, fc2_max: int) -> KappaRunner:
+    """``runner``, or one whose fc3 (fc2) length rule gives at most ``fc3_max`` (``fc2_max``) conventional cells.
 
-    The rule's length becomes ``1.9 x`` the shortest conventional lattice vector (before relaxation: a relaxation
-    that shortens it by up to 5 % keeps the multiple), so only crystals the cap changes get other settings (and cache
-    keys); their rows record the supercell used.
+    A capped rule's length becomes ``(multiple - 0.1) x`` the shortest conventional lattice vector (before
+    relaxation: a relaxation that shortens it by a few % keeps the multiple), so only crystals the cap changes get
+    other settings (and cache keys); their rows record the supercells used.
     """
     import dataclasses
 
@@ -116,10 +116,13 @@ def capped_runner(runner: KappaRunner, atoms: object, max_multiple: int) -> Kapp
     cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)  # type: ignore[attr-defined]
     dataset = spglib.get_symmetry_dataset(cell, symprec=runner.settings.symprec)
     shortest = float(np.linalg.norm(dataset.std_lattice, axis=1).min())
-    if math.ceil(runner.settings.fc3_min_length / shortest - 1e-9) <= max_multiple:
+    changes = {}
+    for name, most in (("fc3_min_length", fc3_max), ("fc2_min_length", fc2_max)):
+        if math.ceil(getattr(runner.settings, name) / shortest - 1e-9) > most:
+            changes[name] = round((most - 0.1) * shortest, 4)
+    if not changes:
         return runner
-    settings = dataclasses.replace(runner.settings, fc3_min_length=round((max_multiple - 0.1) * shortest, 4))
-    return dataclasses.replace(runner, settings=settings)
+    return dataclasses.replace(runner, settings=dataclasses.replace(runner.settings, **changes))
 
 
 def main() -> None:
@@ -132,6 +135,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-only", action="store_true", help="only rebuild results.csv and table.md")
     parser.add_argument("--only", nargs="+", metavar="ID", help="run only these Dataset1 ids (e.g. one cached already)")
+    parser.add_argument(
+        "--fc2-max-multiple",
+        type=int,
+        default=5,
+        help="cap the fc2 supercell the same way (default 5: the 20 A rule gives BeO, a = 3.8 A, 6x6x6 cells, 1,728 "
+        "atoms, whose forces took more than the machine's 24 GB; AlN's 5x5x5 ran)",
+    )
     parser.add_argument(
         "--fc3-max-multiple",
         type=int,
@@ -155,7 +165,7 @@ def main() -> None:
         log.info("[%d/%d] %s %s (%s, label %.3g W/mK)", index, len(crystals), cid, formula, family, label)
         base = {"id": cid, "formula": formula, "family": family, "label_W_per_mK": label}
         try:
-            result = capped_runner(runner, atoms, args.fc3_max_multiple).run(atoms, cid)
+            result = capped_runner(runner, atoms, args.fc3_max_multiple, args.fc2_max_multiple).run(atoms, cid)
         except Exception as error:  # one crystal never stops the batch; its error is recorded
             log.exception("%s refused", cid)
             row = {**base, "error": f"{type(error).__name__}: {error}", "potential": runner.potential}

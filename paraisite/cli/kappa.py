@@ -83,6 +83,7 @@ def run_kappa(args: argparse.Namespace) -> int:
     _check_extra()
     from paraisite.data.sources import read_structure
     from paraisite.kappa.cache import default_cache_dir
+    from paraisite.kappa.force_constants import SupercellTooLargeError
     from paraisite.kappa.pipeline import KappaRunner, error_row, result_rows
     from paraisite.kappa.relax import RelaxationError, SymmetryChangedError, to_atoms
     from paraisite.kappa.settings import load_settings
@@ -105,7 +106,7 @@ def run_kappa(args: argparse.Namespace) -> int:
         log.info("[%d/%d] %s", index, len(crystals), name)
         try:
             rows += result_rows(runner.run(atoms, name))
-        except (SymmetryChangedError, RelaxationError) as error:
+        except (SymmetryChangedError, RelaxationError, SupercellTooLargeError) as error:
             refused += 1
             print(f"paraisite kappa: {name}: refused: {error}", file=sys.stderr)
             rows.append(error_row(name, error))

@@ -46,6 +46,36 @@ class ForceConstants:
     times: dict[str, float]
 
 
+#: Largest supercell (atoms) whose forces are computed; ``PARAISITE_KAPPA_MAX_SUPERCELL_ATOMS`` overrides it. The
+#: forces of BeO's 6x6x6 fc2 cell (1,728 atoms) took more than 24 GB with TensorNet-MatPES; 1,000 atoms ran.
+MAX_SUPERCELL_ATOMS = 1000
+SUPERCELL_ATOMS_VARIABLE = "PARAISITE_KAPPA_MAX_SUPERCELL_ATOMS"
+
+
+class SupercellTooLargeError(ValueError):
+    """A length rule asks for a supercell larger than the bound, refused before any force is computed."""
+
+
+def check_supercell_sizes(unitcell: Atoms, cells: dict[str, tuple[int, int, int]], settings: KappaSettings) -> None:
+    """Refuse a supercell over :data:`MAX_SUPERCELL_ATOMS` atoms (or the variable's value), naming the setting.
+
+    Raises:
+        SupercellTooLargeError: which supercell, its atoms, the bound, and the setting that gives a smaller one.
+    """
+    from paraisite.safety import configured_limit
+
+    limit = int(configured_limit(SUPERCELL_ATOMS_VARIABLE, MAX_SUPERCELL_ATOMS))
+    for label, cell in cells.items():
+        atoms = len(unitcell) * math.prod(cell)
+        if atoms > limit:
+            length = getattr(settings, f"{label}_min_length")
+            raise SupercellTooLargeError(
+                f"the {label} supercell {'x'.join(map(str, cell))} of the {len(unitcell)}-atom conventional cell has "
+                f"{atoms} atoms, over the bound of {limit} ({SUPERCELL_ATOMS_VARIABLE}); its forces could exceed the "
+                f"memory. Lower {label}_min_length (now {length:g} A) or raise the bound"
+            )
+
+
 def supercell_multiples(atoms: Atoms, min_length: float) -> tuple[int, int, int]:
     """The smallest ``(n1, n2, n3)`` with every ``n_i * |a_i|`` at least ``min_length`` (Å)."""
     lengths = atoms.cell.lengths()
@@ -95,6 +125,7 @@ def build_force_constants(
 
     fc3_cell = supercell_multiples(unitcell, settings.fc3_min_length)
     fc2_cell = supercell_multiples(unitcell, settings.fc2_min_length)
+    check_supercell_sizes(unitcell, {"fc3": fc3_cell, "fc2": fc2_cell}, settings)
     with warnings.catch_warnings():  # "auto" is asked for: phonopy's note that v3 defaulted otherwise is noise
         warnings.filterwarnings("ignore", message=".*primitive_matrix.*")
         phono3py = Phono3py(

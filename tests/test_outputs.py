@@ -35,6 +35,14 @@ def predictor():
     return load_predictor(MODEL)
 
 
+def many_copies(cifs: list[Path], folder: Path, count: int) -> Path:
+    """``folder`` with ``count`` CIFs (``0000.cif``, ...), copies of ``cifs`` in turn: a run long enough to catch."""
+    folder.mkdir()
+    for index in range(count):
+        shutil.copy(cifs[index % len(cifs)], folder / f"{index:04d}.cif")
+    return folder
+
+
 def cli(*args: str) -> subprocess.Popen:
     """``paraisite ARGS`` started as a new process (not waited for)."""
     command = [sys.executable, "-m", "paraisite.cli.main", *args]
@@ -43,10 +51,7 @@ def cli(*args: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_second_scan_on_the_same_output_is_refused_while_the_first_writes(tmp_path, sample_cifs):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for index in range(600):
-        shutil.copy(sample_cifs[index % len(sample_cifs)], folder / f"{index:04d}.cif")
+    folder = many_copies(sample_cifs, tmp_path / "many", 600)
     output = tmp_path / "scan.csv"
     lock = Path(f"{output}.lock")
 
@@ -184,10 +189,7 @@ def test_interrupted_predict_leaves_the_previous_output_and_no_temporary_file(tm
 
 
 def test_the_temporary_file_of_a_killed_predict_is_removed_by_the_next_one(tmp_path, sample_cifs):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for index in range(300):
-        shutil.copy(sample_cifs[index % len(sample_cifs)], folder / f"{index:03d}.cif")
+    folder = many_copies(sample_cifs, tmp_path / "many", 300)
     output = tmp_path / "out.csv"
     killed = cli("predict", "--model", MODEL, str(folder), "-o", str(output), "--workers", "0", "--batch-size", "1")
     deadline = time.monotonic() + 120

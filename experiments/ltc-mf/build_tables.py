@@ -15,11 +15,13 @@ fold's members predict their held-out crystals and give their kNN percentile in 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,8 @@ MODELS = {
 }
 #: Names in the tables of candidates scored with ``--rescore-on``.
 CANDIDATE_LABELS = {"mf_ft/Measured": "MF, then fine-tuned on measured (the ltc-mf recipe)"}
+#: The sources of the grouped CV (``data.holdout.over`` in run_cv.sh): every held-out row comes from one of them.
+CV_SOURCES = ("aflow", "dataset1", "dataset2", "measured")
 SHIPPED = ("ltc-step2-mix", "ltc-step2-dataset1", "ltc-step2-dataset2", "ltc-step2-aflow")
 METRICS = ("mae_log10", "within_x2", "spearman", "mean_signed_log10", "constant_mae_log10", "constant_within_x2")
 
@@ -83,13 +87,20 @@ def model_tables(log_dir: Path) -> dict:
     return {model: entry for model, entry in tables.items() if entry}
 
 
+@functools.cache
+def structures_by_id() -> dict[str, Any]:
+    """Every CV source's structure by crystal id, read once per run (signals and shipped scores both need them)."""
+    structures = {}
+    for source in CV_SOURCES:
+        structures.update({r.id: r.structure for r in load_source(source).records})
+    return structures
+
+
 def shipped_scores(rows: list[dict]) -> dict:
     """The shipped Step II ensembles on the same held-out measured rows (none trained on a measured value)."""
     from paraisite.zoo.predictors import load_predictor
 
-    structures = {}
-    for source in ("aflow", "dataset1", "dataset2", "measured"):
-        structures.update({r.id: r.structure for r in load_source(source).records})
+    structures = structures_by_id()
     picked = [r for r in rows if r["fidelity"] == "measured"]
     result = {}
     from paraisite.zoo.shipped import shipped_manifests
@@ -107,13 +118,10 @@ def shipped_scores(rows: list[dict]) -> dict:
 
 def unseen_elements(rows: list[dict]) -> np.ndarray:
     """Whether a held-out row has an element that no training crystal of its fold (any source) has."""
-    sources = {s: load_source(s).records for s in ("aflow", "dataset1", "dataset2", "measured")}
     held = defaultdict(set)
     for r in rows:
         held[r["fold"]].add(r["id"])
-    composition = {
-        rec.id: {str(e) for e in rec.structure.composition.elements} for recs in sources.values() for rec in recs
-    }
+    composition = {cid: {str(e) for e in s.composition.elements} for cid, s in structures_by_id().items()}
     trained_elements = {}
     for fold, ids in held.items():
         trained_elements[fold] = set().union(*(els for i, els in composition.items() if i not in ids))
@@ -142,9 +150,7 @@ def latent_percentiles(log_dir: Path, task: str, dataset: str, rows: list[dict],
     """Per row: the kNN percentile of its latent among its fold's members' training latents (mean over members)."""
     from paraisite.zoo.predictors import load_checkpoints
 
-    structures = {}
-    for source in ("aflow", "dataset1", "dataset2", "measured"):
-        structures.update({r.id: r.structure for r in load_source(source).records})
+    structures = structures_by_id()
     result = np.full(len(rows), np.nan)
     for fold in sorted({r["fold"] for r in rows}):
         members = member_dirs(log_dir, fold, task, dataset)
@@ -179,7 +185,7 @@ def rescored_rows(log_dir: Path, task: str, dataset: str, reference: str) -> tup
             continue
         predictor = load_checkpoints(fold, [m / "checkpoints" / "best.ckpt" for m in members], ensemble=True)
         if not graphs:
-            for source in ("aflow", "dataset1", "dataset2", "measured"):
+            for source in CV_SOURCES:
                 graph_set = load_graph_set(source, predictor.builder)
                 graphs.update({(source, i): g for i, g in zip(graph_set.ids, graph_set.graphs, strict=True)})
         rows = [r for r in pooled_reference if r["fold"] == fold]

@@ -145,13 +145,8 @@ def _cgcnn_entries() -> list[ZooEntry]:
 
 def _ltc_entry(name: str, origin: str, measured: str, data_reference: str) -> ZooEntry:
     step = origin.split("/", maxsplit=1)[0]
-    steps = {
-        "step1": "ParAIsite Step I",
-        "step2": "ParAIsite Step II",
-        "step3": "ParAIsite Step III",
-        "mf": "ParAIsite multi-fidelity",
-        "mf_ft": "ParAIsite multi-fidelity",
-    }
+    steps = {"step1": "ParAIsite Step I", "step2": "ParAIsite Step II", "step3": "ParAIsite Step III"}
+    steps |= dict.fromkeys(MULTI_FIDELITY_STEPS, "ParAIsite multi-fidelity")
     return ZooEntry(
         name=name,
         family="ltc-ensemble",

@@ -88,10 +88,10 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         OutputError: naming the output and the reason.
     """
     output = Path(output)
-    targets = [output, scan_log_path(output)] if scan else [output]
+    log = scan_log_path(output)
+    targets = [output, log] if scan else [output]
     if output.exists() and not output.is_file():
         raise OutputError(f"-o {output}: exists and is not a regular file (a directory, FIFO or device)")
-    log = scan_log_path(output)
     if scan and (log.is_symlink() or (log.exists() and not log.is_file())):
         raise OutputError(f"-o {output}: its progress log {log} is a link or not a regular file; remove it first")
     for path in inputs:

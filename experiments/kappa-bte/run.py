@@ -125,6 +125,16 @@ def capped_runner(runner: KappaRunner, atoms: object, fc3_max: int, fc2_max: int
     return dataclasses.replace(runner, settings=dataclasses.replace(runner.settings, **changes))
 
 
+def seeded_row(source: Path, cid: str, key: str) -> str | None:
+    """``source``'s finished result of crystal ``cid`` if it has this cache key (same structure, potential, settings)."""
+    path = source / "crystals" / f"{cid}.json"
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    row = json.loads(text)
+    return text if not row.get("error") and row.get("cache_key") == key else None
+
+
 def main() -> None:
     """Run (or only tabulate) the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +145,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-only", action="store_true", help="only rebuild results.csv and table.md")
     parser.add_argument("--only", nargs="+", metavar="ID", help="run only these Dataset1 ids (e.g. one cached already)")
+    parser.add_argument(
+        "--seed-from",
+        type=Path,
+        metavar="DIR",
+        help="a results folder (e.g. the committed experiments/kappa-bte/<potential>): its finished crystals (same "
+        "cache key, no error) are copied into --out and not rerun, for a machine whose cache is gone",
+    )
     parser.add_argument(
         "--fc2-max-multiple",
         type=int,
@@ -164,8 +181,14 @@ def main() -> None:
         path = args.out / "crystals" / f"{cid}.json"
         log.info("[%d/%d] %s %s (%s, label %.3g W/mK)", index, len(crystals), cid, formula, family, label)
         base = {"id": cid, "formula": formula, "family": family, "label_W_per_mK": label}
+        crystal_runner = capped_runner(runner, atoms, args.fc3_max_multiple, args.fc2_max_multiple)
+        if args.seed_from is not None and (text := seeded_row(args.seed_from, cid, crystal_runner.key(atoms))):
+            log.info("%s taken from %s", cid, args.seed_from)
+            path.write_text(text)
+            table(args.out)
+            continue
         try:
-            result = capped_runner(runner, atoms, args.fc3_max_multiple, args.fc2_max_multiple).run(atoms, cid)
+            result = crystal_runner.run(atoms, cid)
         except Exception as error:  # one crystal never stops the batch; its error is recorded
             log.exception("%s refused", cid)
             row = {**base, "error": f"{type(error).__name__}: {error}", "potential": runner.potential}

@@ -67,20 +67,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def _check_extra() -> None:
-    """Refuse with the install command when the optional ``kappa`` extra is missing."""
-    import importlib.util
-
-    missing = [name for name in ("phono3py", "phonopy", "spglib", "symfc") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise RuntimeError(
-            f"needs {', '.join(missing)}: install the optional extra with `pip install 'paraisite[kappa]'`"
-        )
-
-
 def run_kappa(args: argparse.Namespace) -> int:
     """Run the protocol on every file; 1 if any crystal was refused."""
-    _check_extra()
+    from paraisite.kappa.settings import require_kappa_extra
+
+    require_kappa_extra()
     from paraisite.data.sources import read_structure
     from paraisite.kappa.cache import default_cache_dir
     from paraisite.kappa.force_constants import SupercellTooLargeError

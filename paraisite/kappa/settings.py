@@ -18,6 +18,19 @@ from omegaconf import OmegaConf
 from paraisite.config import group_options, load_group_option
 
 METHODS = ("RTA", "LBTE")
+#: Packages of the optional ``kappa`` extra.
+KAPPA_EXTRA = ("phono3py", "phonopy", "spglib", "symfc")
+
+
+def require_kappa_extra() -> None:
+    """Refuse with the install command when the optional ``kappa`` extra is missing."""
+    import importlib.util
+
+    missing = [name for name in KAPPA_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(
+            f"needs {', '.join(missing)}: install the optional extra with `pip install 'paraisite[kappa]'`"
+        )
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,11 @@ def build_datamodule(cfg: DictConfig, data_name: str | None = None) -> LTCDataMo
             cfg.data.name, cfg.data.sources = other.name, other.sources
     datamodule: LTCDataModule = instantiate(cfg.data)
     physics = cfg.model.get("physics")
-    if physics is not None:  # +features=eos: the crystals' physics descriptors, computed (or cached) by models
-        from paraisite.models.physics import SourceFeatures
+    if physics is not None:  # +features=eos or kappa_bte: per-crystal inputs from a universal potential, cached
+        from paraisite.kappa.features import feature_settings, source_features
 
-        settings = cast(dict[str, Any], OmegaConf.to_container(physics, resolve=True))
-        datamodule.attach_features(SourceFeatures(settings, str(cfg.data.get("on_bad_structure", "skip"))))
+        settings = feature_settings(cast(dict[str, Any], OmegaConf.to_container(physics, resolve=True)))
+        datamodule.attach_features(source_features(settings, str(cfg.data.get("on_bad_structure", "skip"))))
     return datamodule
 
 
@@ -79,16 +79,18 @@ def build_model(
 ) -> LTCRegressor:
     """The LightningModule from ``cfg.model`` (architecture only; weights are loaded by :func:`init_weights`).
 
-    ``feature_stats``: the training split's statistics of the extra features (``model.physics``, ``+features=eos``).
+    ``feature_stats``: the training split's statistics of the extra features (``model.physics``: ``+features=eos`` or
+    ``kappa_bte``); the checkpoint stores the features' settings resolved, with their names and these statistics.
     """
     model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     backbone_cfg, head_cfg = model_cfg.pop("backbone"), model_cfg.pop("head")
     if model_cfg.get("physics") is not None:
         if feature_stats is None:
             raise ValueError("model.physics is set but the datamodule computed no feature statistics")
-        from paraisite.models.physics import FEATURE_NAMES
+        from paraisite.kappa.features import feature_names, feature_settings
 
-        model_cfg["physics"] = {**model_cfg["physics"], "names": list(FEATURE_NAMES), **feature_stats}
+        settings = feature_settings(model_cfg["physics"])
+        model_cfg["physics"] = {**settings.to_dict(), "names": list(feature_names(settings)), **feature_stats}
     module_cls = get_class(model_cfg.pop("_target_"))
     return module_cls(
         backbone=backbone_cfg["net"], head=head_cfg, graph=backbone_cfg["graph"], target_stats=target_stats, **model_cfg

@@ -141,6 +141,11 @@ def check_run_config(cfg: DictConfig) -> None:
                     f"callbacks.{name} with seeds={values}: it would stop every member at once on their mean "
                     "val/mape; train the seeds one by one (seeds=null seed=...) to stop each on its own"
                 )
+    physics = _get(cfg, "model.physics")
+    if physics is not None:  # +features=eos or kappa_bte
+        from paraisite.kappa.features import physics_problems
+
+        problems += physics_problems(physics) if isinstance(physics, dict) else ["model.physics: a mapping"]
     problems += unknown_keys(cfg)
     if problems:
         raise ConfigValueError("invalid config: " + "; ".join(problems))

@@ -271,20 +271,20 @@ def warn_distorted_labels(name: str, models: Sequence[LTCRegressor], distorted: 
 
 
 def physics_builder(name: str, models: Sequence[LTCRegressor], builder: Any) -> Any:
-    """``builder``, or for models trained with physics features (``+features=eos``) one that also computes them.
+    """``builder``, or for models trained with physics features (``+features=eos``, ``kappa_bte``) one computing them.
 
-    The descriptors of a new crystal come from its own energy-volume scan (:mod:`paraisite.models.physics`), with
-    the scan settings stored in the checkpoint; the members must share them.
+    The features of a new crystal come from its own energy-volume scan or BTE kappa (:mod:`paraisite.kappa.features`),
+    with the settings stored in the checkpoint; the members must share them.
     """
-    settings = [model.hparams.get("physics") for model in models]
-    if all(s is None for s in settings):
+    stored = [model.hparams.get("physics") for model in models]
+    if all(s is None for s in stored):
         return builder
-    from paraisite.models.physics import PhysicsGraphBuilder, ScanSettings
+    from paraisite.kappa.features import feature_settings, graph_builder
 
-    scans = [None if s is None else ScanSettings.from_dict(s) for s in settings]
-    if any(scan != scans[0] for scan in scans) or scans[0] is None:
-        raise ValueError(f"{name}: ensemble members use different physics features: {scans}")
-    return PhysicsGraphBuilder(builder, scans[0])
+    settings = [None if s is None else feature_settings(s) for s in stored]
+    if any(s != settings[0] for s in settings) or settings[0] is None:
+        raise ValueError(f"{name}: ensemble members use different physics features: {settings}")
+    return graph_builder(builder, settings[0])
 
 
 def load_checkpoints(

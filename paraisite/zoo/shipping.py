@@ -165,24 +165,26 @@ def held_out_rows(
     builder = predictor.builder
     fidelity = predictor.fidelity
     ids, true_tc, member_tc, percentiles, unseen = [], [], [], [], []
-    for source in sources:
-        graph_set = load_graph_set(source, builder)
-        if predictor.fidelities is not None:  # a multi-fidelity model predicts each source at its own fidelity
-            predictor.use_fidelity(source_spec(source).fidelity)
-        for start in range(0, len(graph_set), batch_size):
-            stop = min(start + batch_size, len(graph_set))
-            prediction = predictor.predict(graph_set.graphs[start:stop])
-            assert prediction.member_tc is not None, "an LTCPredictor gives every member's TC"
-            member_tc.append(prediction.member_tc)
-            if prediction.percentile is not None:
-                percentiles.append(prediction.percentile)
-        ids += [f"{source}:{i}" for i in graph_set.ids]
-        true_tc.append(graph_set.tc.double().numpy())
-        for formula in graph_set.formulas:
-            elements = frozenset(element.symbol for element in Composition(formula).elements)
-            unseen.append(bool(predictor.unseen_elements(elements)))
-    if fidelity is not None:
-        predictor.use_fidelity(fidelity)
+    try:
+        for source in sources:
+            graph_set = load_graph_set(source, builder)
+            if predictor.fidelities is not None:  # a multi-fidelity model predicts each source at its own fidelity
+                predictor.use_fidelity(source_spec(source).fidelity)
+            for start in range(0, len(graph_set), batch_size):
+                stop = min(start + batch_size, len(graph_set))
+                prediction = predictor.predict(graph_set.graphs[start:stop])
+                assert prediction.member_tc is not None, "an LTCPredictor gives every member's TC"
+                member_tc.append(prediction.member_tc)
+                if prediction.percentile is not None:
+                    percentiles.append(prediction.percentile)
+            ids += [f"{source}:{i}" for i in graph_set.ids]
+            true_tc.append(graph_set.tc.double().numpy())
+            for formula in graph_set.formulas:
+                elements = frozenset(element.symbol for element in Composition(formula).elements)
+                unseen.append(bool(predictor.unseen_elements(elements)))
+    finally:  # the predictor predicts at its own fidelity again, whatever happened
+        if fidelity is not None:
+            predictor.use_fidelity(fidelity)
     held_out = np.array([[row not in seen for row in ids] for seen in trained])
     return HeldOutRows(
         name,
@@ -293,18 +295,22 @@ def ship_ensemble(
         member["val_mape"] = mape_stored
         per_member.append({"seed": member["seed"], "val_mape_float32": mape_full, "val_mape_stored": mape_stored})
     usable = own.usable()
-    calibration = fit_calibration(usable)
-    if not all(math.isfinite(q) for q in calibration.quantiles.values()):
-        raise BundleError(
-            f"{sweep_dir}: only {len(usable.ids)} {dataset} crystals are held out from some member; a 95 % conformal "
-            "interval needs at least 19"
-        )
-    uncertainty = {usable.name: uncertainty_report(usable, calibration, own=True)}
+    uncertainty: dict[str, Any] = {}
+    calibration = None  # out-of-family intervals, when given, replace the own-validation calibration: not fitted
+    if out_of_family is None:
+        calibration = fit_calibration(usable)
+        if not all(math.isfinite(q) for q in calibration.quantiles.values()):
+            raise BundleError(
+                f"{sweep_dir}: only {len(usable.ids)} {dataset} crystals are held out from some member; a 95 % "
+                "conformal interval needs at least 19"
+            )
+        uncertainty[usable.name] = uncertainty_report(usable, calibration, own=True)
     domain = {}
     evidence_rows = [usable]
     for other in cross_datasets:
         rows = held_out_rows(compact, f"{other} (cross-dataset)", dataset_sources(other), trained).usable()
-        uncertainty[rows.name] = uncertainty_report(rows, calibration, own=False)
+        if calibration is not None:
+            uncertainty[rows.name] = uncertainty_report(rows, calibration, own=False)
         domain[rows.name] = domain_report(rows)
         evidence_rows.append(rows)
     if evidence is not None:
@@ -328,7 +334,7 @@ def ship_ensemble(
             "max_abs_change": float(np.max(np.abs(np.subtract(stored, floats)))),
             "members": per_member,
         },
-        "calibration": calibration.to_dict(),
+        "calibration": calibration.to_dict() if calibration is not None else None,
         "uncertainty": uncertainty,
         "domain": domain,
         "members": members,
@@ -336,7 +342,6 @@ def ship_ensemble(
     if out_of_family is not None:
         manifest.update(
             calibration=out_of_family["calibration"],
-            uncertainty={},
             out_of_family=out_of_family["figures"],
             domain_flag=out_of_family["domain_flag"],
         )

@@ -126,7 +126,7 @@ def capped_runner(runner: KappaRunner, atoms: object, fc3_max: int, fc2_max: int
 
 
 def seeded_row(source: Path, cid: str, key: str) -> str | None:
-    """``source``'s finished result of crystal ``cid`` if it has this cache key (same structure, potential, settings)."""
+    """``source``'s finished result of ``cid`` if it has this cache key (same structure, potential, settings)."""
     path = source / "crystals" / f"{cid}.json"
     if not path.is_file():
         return None

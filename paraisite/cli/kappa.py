@@ -29,7 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--potential",
         default="TensorNet-MatPES-PBE-v2025.1-PES",
         help="registered potential: TensorNet-MatPES-PBE-v2025.1-PES (default), M3GNet-MatPES-PBE-v2025.1-PES, "
-        "or their aliases tensornet-matpes, m3gnet-matpes",
+        "or their aliases tensornet-matpes, m3gnet-matpes; or your model file as KIND:PATH (mace:PATH, needs "
+        "mace-torch), its sha256 in every row",
+    )
+    parser.add_argument(
+        "--trust-potential-file",
+        action="store_true",
+        help="read a pickled model file (MACE's): reading it runs any code it holds, so it is refused without this",
     )
     parser.add_argument("-o", "--output", default="kappa.csv", help="CSV to write (default kappa.csv)")
     parser.add_argument(
@@ -89,7 +95,7 @@ def run_kappa(args: argparse.Namespace) -> int:
         raise ValueError(f"{output}: the output would overwrite an input")
     crystals = [(str(path), to_atoms(read_structure(path))) for path in paths]  # every file read before any work
     cache = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    runner = KappaRunner(args.potential, settings, cache)
+    runner = KappaRunner(args.potential, settings, cache, trust_potential_file=args.trust_potential_file)
     log.info("kappa: %d crystal(s) with %s (sha256 %s…)", len(crystals), runner.potential, runner.potential_sha256[:12])
     rows: list[dict] = []
     refused = 0

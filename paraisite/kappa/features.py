@@ -36,7 +36,7 @@ from pymatgen.core import Structure
 from paraisite.data.sources import load_source
 from paraisite.kappa.cache import default_cache_dir
 from paraisite.kappa.pipeline import KappaRunner
-from paraisite.kappa.potentials import potential_entry
+from paraisite.kappa.potentials import FILE_KINDS, FilePotential, potential_entry
 from paraisite.kappa.relax import to_atoms
 from paraisite.kappa.settings import KappaSettings, load_settings, require_kappa_extra
 from paraisite.models.physics import FEATURE_NAMES as EOS_FEATURE_NAMES
@@ -71,7 +71,13 @@ class KappaFeatureSettings:
 
     def __post_init__(self) -> None:
         require_kappa_extra()
-        object.__setattr__(self, "potential", potential_entry(self.potential).name)
+        entry = potential_entry(self.potential)
+        if isinstance(entry, FilePotential) and FILE_KINDS[entry.kind].pickled:
+            raise ValueError(
+                f"model.physics.potential={self.potential}: a pickled model file; +features=kappa_bte takes the "
+                "registered potentials, whose files are verified by sha256 and loaded weights-only"
+            )
+        object.__setattr__(self, "potential", entry.name)
         if not any(math.isclose(self.temperature, t) for t in self.settings.temperatures):
             raise ValueError(
                 f"model.physics.temperature={self.temperature:g} K is not one of the protocol's temperatures "

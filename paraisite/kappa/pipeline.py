@@ -20,7 +20,7 @@ from pymatgen.core import Composition
 from paraisite.kappa.cache import read_result, result_key, structure_sha256, write_result
 from paraisite.kappa.conductivity import VOIGT, thermal_conductivity
 from paraisite.kappa.force_constants import build_force_constants, imaginary_modes
-from paraisite.kappa.potentials import float64, load_calculator, potential_entry
+from paraisite.kappa.potentials import FilePotential, float64, load_calculator, potential_entry
 from paraisite.kappa.relax import relax, standard_cell
 from paraisite.kappa.settings import KappaSettings
 
@@ -64,20 +64,25 @@ class KappaRunner:
     """Runs crystals through the protocol with one potential, reading and writing the result cache.
 
     Attributes:
-        potential: A registered potential's name or alias (:mod:`paraisite.kappa.potentials`).
+        potential: A registered potential's name or alias, or a model file ``KIND:PATH``
+            (:mod:`paraisite.kappa.potentials`).
         settings: The protocol.
         cache_dir: Folder of the cached results; ``None``: no cache.
         progress: Called with one line per stage and progress step (default: the logger).
+        trust_potential_file: Read a pickled model file (refused at construction otherwise, before any work).
     """
 
     potential: str
     settings: KappaSettings
     cache_dir: Path | None
     progress: Callable[[str], None] | None = None
+    trust_potential_file: bool = False
     _calculator: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         entry = potential_entry(self.potential)
+        if isinstance(entry, FilePotential):
+            entry.check_trusted(self.trust_potential_file)
         self.potential = entry.name
         self.potential_sha256 = entry.sha256
 
@@ -88,7 +93,7 @@ class KappaRunner:
     def calculator(self) -> Any:
         """The potential's ASE calculator, loaded on first use."""
         if self._calculator is None:
-            self._calculator = load_calculator(self.potential)
+            self._calculator = load_calculator(self.potential, self.trust_potential_file)
         return self._calculator
 
     def key(self, atoms: Atoms) -> str:

@@ -7,15 +7,24 @@ which fetch the pinned files and convert matgl's message convention) and wrapped
 (``matgl.ext.ase.PESCalculator``). Finite-difference force constants need float64: a float32 potential's forces
 differ from the derivative of its own energy by about 2e-5 eV/Å, the size of the forces a 0.03 Å displacement's
 third-order terms produce; :func:`float64` switches matgl (and torch's default dtype) for the calculation.
+
+A user's own model file is named ``KIND:PATH`` (``mace:/models/mace-mpa-0-medium.model``): :data:`FILE_KINDS` says
+which package reads each kind and how it becomes an ASE calculator; its identity is the sha256 of the file's bytes.
+A kind whose files are full pickles (MACE's ``torch.save`` of the module) runs any code the file holds when read, so
+such a file is refused unless the caller trusts it (``paraisite kappa --trust-potential-file``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,8 +83,115 @@ ALIASES: dict[str, str] = {
 DEFAULT_POTENTIAL = "TensorNet-MatPES-PBE-v2025.1-PES"
 
 
-def potential_entry(name: str) -> PotentialEntry:
-    """The registered potential ``name`` (a published name or an alias of :data:`ALIASES`).
+@dataclass(frozen=True)
+class FileKind:
+    """A model-file format users name as ``KIND:PATH``.
+
+    Attributes:
+        package: The pip requirement that reads it (not a dependency of paraisite).
+        module: Its import name.
+        calculator: Makes a float64 ASE calculator of a (trusted) file.
+        pickled: The file is a full pickle: reading it runs any code it holds.
+    """
+
+    package: str
+    module: str
+    calculator: Callable[[Path], Any]
+    pickled: bool
+
+
+def _mace_calculator(path: Path) -> Any:
+    """MACE's ASE calculator of a ``torch.save``'d MACE model, in float64, on the CPU."""
+    # mace (and e3nn's constants, read when it is imported) set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the whole
+    # process, which would make every later torch.load that does not say weights_only unpickle anything: put it back
+    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    try:
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+        from mace.calculators import MACECalculator
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
+    model = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller (FileKind.pickled)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"{path}: not a MACE model file (it holds a {type(model).__name__}, not a torch module)")
+    return MACECalculator(models=[model], device="cpu", default_dtype="float64")
+
+
+#: Model-file kinds by prefix (``mace:PATH``). An entry is a package, a loader and whether the format is a pickle.
+FILE_KINDS: dict[str, FileKind] = {
+    "mace": FileKind("mace-torch", "mace", _mace_calculator, pickled=True),
+}
+
+
+class UntrustedPotentialFileError(ValueError):
+    """A pickled model file that the caller has not declared trusted."""
+
+
+@dataclass(frozen=True)
+class FilePotential:
+    """A user's model file: ``KIND:PATH``, identified by the sha256 of its bytes."""
+
+    kind: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """``KIND:PATH`` as recorded in every result row (the path resolved)."""
+        return f"{self.kind}:{self.path}"
+
+    @cached_property
+    def sha256(self) -> str:
+        """sha256 of the file's bytes (a folder: of its files' names and sha256s, in sorted order)."""
+        files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
+        digests = {p.relative_to(self.path).as_posix() if self.path.is_dir() else "": _file_sha256(p) for p in files}
+        if not self.path.is_dir():
+            return digests[""]
+        return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+    def check_trusted(self, trusted: bool) -> None:
+        """Refuse a pickled file the caller has not trusted, before anything reads it."""
+        if FILE_KINDS[self.kind].pickled and not trusted:
+            raise UntrustedPotentialFileError(
+                f"{self.path}: a {self.kind} model file is a pickle, and reading it runs any code it holds; pass "
+                "--trust-potential-file if you trust where it came from"
+            )
+
+    def calculator(self, trusted: bool) -> Any:
+        """The kind's float64 ASE calculator of the file."""
+        self.check_trusted(trusted)
+        return FILE_KINDS[self.kind].calculator(self.path)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_potential(name: str) -> FilePotential | None:
+    """The checked :class:`FilePotential` of ``KIND:PATH``; ``None`` when ``name`` has no known kind prefix.
+
+    Raises:
+        ValueError: the package of the kind is missing (the message gives the pip command) or the path is not there.
+    """
+    kind, separator, rest = name.partition(":")
+    if not separator or kind.lower() not in FILE_KINDS:
+        return None
+    entry = FILE_KINDS[kind.lower()]
+    path = Path(rest).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path}: no such {kind.lower()} model file")
+    if importlib.util.find_spec(entry.module) is None:
+        raise ValueError(f"{name}: reading {kind.lower()} model files needs `pip install {entry.package}`")
+    return FilePotential(kind.lower(), path.resolve())
+
+
+def potential_entry(name: str) -> PotentialEntry | FilePotential:
+    """The registered potential ``name`` (a name or an alias), or a model file ``KIND:PATH`` of :data:`FILE_KINDS`.
 
     Raises:
         ValueError: unknown name; the message lists the valid ones.
@@ -85,7 +201,11 @@ def potential_entry(name: str) -> PotentialEntry:
     alias = ALIASES.get(name.lower())
     if alias is not None:
         return POTENTIALS[alias]
-    raise ValueError(f"unknown potential {name!r}; valid: {', '.join([*POTENTIALS, *ALIASES])}")
+    from_file = file_potential(name)
+    if from_file is not None:
+        return from_file
+    kinds = ", ".join(f"{kind}:PATH" for kind in FILE_KINDS)
+    raise ValueError(f"unknown potential {name!r}; valid: {', '.join([*POTENTIALS, *ALIASES])}, or a file {kinds}")
 
 
 @contextmanager
@@ -102,14 +222,17 @@ def float64() -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def load_calculator(name: str) -> Any:
-    """An ASE calculator (``matgl.ext.ase.PESCalculator``, stress in eV/Å^3) of a registered potential in float64.
+def load_calculator(name: str, trust_file: bool = False) -> Any:
+    """A float64 ASE calculator of a registered potential or a model file (a pickled kind only when ``trust_file``).
 
-    Use it inside :func:`float64`, so that the graphs are built in float64 too.
+    A registered potential gives ``matgl.ext.ase.PESCalculator`` (stress in eV/Å^3); use it inside
+    :func:`float64`, so that matgl's graphs are built in float64 too.
     """
+    entry = potential_entry(name)
+    if isinstance(entry, FilePotential):
+        return entry.calculator(trust_file)
     from matgl.ext.ase import PESCalculator
 
-    entry = potential_entry(name)
     potential = entry.load(entry.name).double().eval()
     potential.calc_forces = potential.calc_stresses = True
     return PESCalculator(potential, stress_unit="eV/A3")

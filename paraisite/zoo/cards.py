@@ -12,6 +12,7 @@ ensembles): their origin, the shipped model to use instead, and their measured f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -274,11 +275,21 @@ class PlannedModel:
 
 
 def planned_models(path: Path = PLANNED_FILE) -> dict[str, PlannedModel]:
-    """The planned names of ``planned.json``, by name.
+    """The planned names of ``planned.json``, by name (read once per version of the file).
 
     Raises:
         CardError: naming the file and the problem.
     """
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise CardError(f"{path}: malformed planned-models file ({type(error).__name__}: {error})") from None
+    return dict(_read_planned(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_planned(path: Path, mtime_ns: int, size: int) -> dict[str, PlannedModel]:
+    """:func:`planned_models` of one version of the file (``mtime_ns`` and ``size`` only key the cache)."""
     try:
         data = json.loads(path.read_text())
         planned = {}

@@ -95,6 +95,12 @@ def test_a_crystal_over_the_atom_bound_is_unknown_without_any_work(tmp_path, cap
     assert "two-atom Si: 2 atoms in the primitive cell > model.physics.max_primitive_atoms=1" in caplog.text
     assert computer._runner is None
     assert not any(tmp_path.iterdir())
+    # the default protocol's 10 A rule gives silicon's 8-atom conventional cell 2x2x2: 64 atoms
+    computer = KappaFeatureComputer(KappaFeatureSettings.from_dict({"max_fc3_atoms": 63}), cache_dir=tmp_path)
+    with caplog.at_level("INFO"):
+        assert np.isnan(computer.features(silicon(), "Si")).all()
+    assert "Si: its fc3 supercell would have 64 atoms > model.physics.max_fc3_atoms=63" in caplog.text
+    assert computer._runner is None
 
 
 def test_a_non_physical_kappa_is_an_unknown_input(tmp_path, caplog):
@@ -117,6 +123,7 @@ def test_a_non_physical_kappa_is_an_unknown_input(tmp_path, caplog):
         ("model.physics.potential=mace", "unknown potential 'mace'"),
         ("model.physics.kind=phonons", "model.physics.kind='phonons' is not one of eos, kappa_bte"),
         ("model.physics.max_primitive_atoms=0", "max_primitive_atoms=0: a whole number >= 1"),
+        ("model.physics.max_fc3_atoms=-5", "max_fc3_atoms=-5: a whole number >= 1"),
     ],
 )
 def test_bad_kappa_feature_settings_are_refused_before_any_data(tmp_path, override, message):

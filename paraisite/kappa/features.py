@@ -35,9 +35,10 @@ from pymatgen.core import Structure
 
 from paraisite.data.sources import load_source
 from paraisite.kappa.cache import default_cache_dir
+from paraisite.kappa.force_constants import supercell_multiples
 from paraisite.kappa.pipeline import KappaRunner
 from paraisite.kappa.potentials import FILE_KINDS, FilePotential, potential_entry
-from paraisite.kappa.relax import to_atoms
+from paraisite.kappa.relax import standard_cell, to_atoms
 from paraisite.kappa.settings import KappaSettings, load_settings, require_kappa_extra
 from paraisite.models.physics import FEATURE_NAMES as EOS_FEATURE_NAMES
 from paraisite.models.physics import PhysicsGraphBuilder, ScanSettings, SourceFeatures
@@ -62,12 +63,16 @@ class KappaFeatureSettings:
         settings: the protocol, resolved (:class:`~paraisite.kappa.settings.KappaSettings`).
         temperature: K; one of the protocol's ``temperatures``.
         max_primitive_atoms: crystals with a larger primitive cell are not computed (unknown input).
+        max_fc3_atoms: nor are crystals whose fc3 supercell (the protocol's length rule on the input's conventional
+            cell, before relaxation) would have more atoms: its displaced supercells grow with their square (a
+            zincblende with a = 4.4 Å asks 3x3x3, 716 supercells of 216 atoms, two hours on one core).
     """
 
     potential: str = "TensorNet-MatPES-PBE-v2025.1-PES"
     settings: KappaSettings = field(default_factory=KappaSettings)
     temperature: float = 300.0
     max_primitive_atoms: int = 4
+    max_fc3_atoms: int = 128
 
     def __post_init__(self) -> None:
         require_kappa_extra()
@@ -83,8 +88,10 @@ class KappaFeatureSettings:
                 f"model.physics.temperature={self.temperature:g} K is not one of the protocol's temperatures "
                 f"{list(self.settings.temperatures)}"
             )
-        if not isinstance(self.max_primitive_atoms, int) or self.max_primitive_atoms < 1:
-            raise ValueError(f"model.physics.max_primitive_atoms={self.max_primitive_atoms!r}: a whole number >= 1")
+        for key in ("max_primitive_atoms", "max_fc3_atoms"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.physics.{key}={value!r}: a whole number >= 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> KappaFeatureSettings:
@@ -100,6 +107,7 @@ class KappaFeatureSettings:
             settings=settings,
             temperature=float(values.get("temperature", 300.0)),
             max_primitive_atoms=int(values.get("max_primitive_atoms", 4)),
+            max_fc3_atoms=int(values.get("max_fc3_atoms", 128)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +118,7 @@ class KappaFeatureSettings:
             "settings": self.settings.to_dict(),
             "temperature": self.temperature,
             "max_primitive_atoms": self.max_primitive_atoms,
+            "max_fc3_atoms": self.max_fc3_atoms,
         }
 
 
@@ -152,8 +161,16 @@ class KappaFeatureComputer:
                 "input)", name, atoms_primitive, self.settings.max_primitive_atoms,
             )  # fmt: skip
             return np.full(1, np.nan)
+        atoms = to_atoms(structure)
+        fc3_atoms = self.fc3_atoms(atoms)
+        if fc3_atoms > self.settings.max_fc3_atoms:
+            log.info(
+                "%s: its fc3 supercell would have %d atoms > model.physics.max_fc3_atoms=%d: no BTE kappa (unknown "
+                "input)", name, fc3_atoms, self.settings.max_fc3_atoms,
+            )  # fmt: skip
+            return np.full(1, np.nan)
         try:
-            result = self.runner.run(to_atoms(structure), name)
+            result = self.runner.run(atoms, name)
         except Exception as error:  # a refused crystal never stops a run: its input is unknown
             log.warning("%s: no BTE kappa (%s: %s); the input is unknown", name, type(error).__name__, error)
             return np.full(1, np.nan)
@@ -165,6 +182,12 @@ class KappaFeatureComputer:
             log.warning("%s: BTE kappa %.3g W/mK is outside %g-%g; the input is unknown", name, kappa, low, high)
             return np.full(1, np.nan)
         return np.array([math.log10(kappa)])
+
+    def fc3_atoms(self, atoms: Any) -> int:
+        """Atoms of the fc3 supercell the protocol's length rule gives the input's conventional cell."""
+        conventional = standard_cell(atoms, self.settings.settings.symprec)
+        multiples = supercell_multiples(conventional, self.settings.settings.fc3_min_length)
+        return len(conventional) * math.prod(multiples)
 
 
 class KappaSourceFeatures:
@@ -214,7 +237,16 @@ FeatureSettings = ScanSettings | KappaFeatureSettings
 #: Keys of ``model.physics`` for each kind.
 KIND_KEYS = {
     "eos": ("kind", "potential", "strains", "poisson_ratio", "temperature"),
-    "kappa_bte": ("kind", "potential", "protocol", "set", "settings", "temperature", "max_primitive_atoms"),
+    "kappa_bte": (
+        "kind",
+        "potential",
+        "protocol",
+        "set",
+        "settings",
+        "temperature",
+        "max_primitive_atoms",
+        "max_fc3_atoms",
+    ),
 }
 
 

@@ -144,9 +144,8 @@ def test_real_folds_keep_every_group_and_every_crystal_on_one_side():
 @pytest.fixture(scope="module")
 def tiny_mf_run(tmp_path_factory):
     """A real run on data=mf (two of its sources), fold 1 of 5 held out; its directory and result."""
-    from helpers import FAST, compose_train
-
     from paraisite.training.train import train
+    from tests.helpers import FAST, compose_train
 
     run_dir = tmp_path_factory.mktemp("mf-run")
     overrides = ["data=mf", "data.sources=[dataset1,measured]", "+data.holdout={folds:5,fold:1}"]
@@ -180,9 +179,8 @@ def test_a_tiny_multifidelity_run_scores_its_held_out_fold_per_fidelity(tiny_mf_
 
 
 def test_predict_fidelity_picks_the_output_and_defaults_to_measured(tiny_mf_run, tmp_path):
-    from helpers import read_rows
-
     from paraisite.cli.main import main
+    from tests.helpers import read_rows
 
     run_dir, _ = tiny_mf_run
     paths = []
@@ -200,9 +198,8 @@ def test_predict_fidelity_picks_the_output_and_defaults_to_measured(tiny_mf_run,
 
 
 def test_predict_fidelity_is_refused_for_a_single_fidelity_model(tmp_path):
-    from helpers import tiny_ltc_run
-
     from paraisite.cli.main import main
+    from tests.helpers import tiny_ltc_run
 
     tiny_ltc_run(tmp_path / "run")
     rocksalt("Pb", "Te", 6.46).to(filename=str(tmp_path / "PbTe.cif"))
@@ -212,9 +209,8 @@ def test_predict_fidelity_is_refused_for_a_single_fidelity_model(tmp_path):
 
 
 def test_fidelities_with_a_backbone_that_ignores_the_state_are_refused(tmp_path):
-    from helpers import FAST, compose_train
-
     from paraisite.training.train import train
+    from tests.helpers import FAST, compose_train
 
     cfg = compose_train(tmp_path, "data=mf", "data.sources=[dataset1]", "model/backbone=cgcnn_scratch", *FAST)
     with pytest.raises(ValueError, match="ignores it"):

@@ -36,11 +36,19 @@ def inputs(tmp_path) -> list[str]:
     return [*paths, str(tmp_path / "slow.cif")]
 
 
+#: ``python -m paraisite.cli.main`` with Ctrl-C's handler, as from a terminal: a suite started in the background by a
+#: non-interactive shell passes SIGINT on ignored, and Python then installs no KeyboardInterrupt handler.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('paraisite.cli.main', run_name='__main__', alter_sys=True)"
+)
+
+
 def start(command: str, inputs: list[str], output: Path, **env: str) -> subprocess.Popen:
     """``paraisite COMMAND`` with two workers and one file per batch, in a new process."""
     args = [command, "--model", MODEL, *inputs, "-o", str(output), "--workers", "2", "--batch-size", "1"]
     return subprocess.Popen(
-        [sys.executable, "-m", "paraisite.cli.main", *args],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
         env={**os.environ, **SLOW_LIMITS, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

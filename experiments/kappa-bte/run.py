@@ -27,6 +27,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from paraisite.data.sources import load_source
+from paraisite.kappa.cache import write_result
 from paraisite.kappa.pipeline import STAGES, KappaRunner
 from paraisite.kappa.relax import spacegroup, to_atoms
 from paraisite.kappa.settings import load_settings
@@ -150,7 +151,7 @@ def main() -> None:
         type=Path,
         metavar="DIR",
         help="a results folder (e.g. the committed experiments/kappa-bte/<potential>): its finished crystals (same "
-        "cache key, no error) are copied into --out and not rerun, for a machine whose cache is gone",
+        "cache key, no error) are copied into --out and into the cache, not rerun (a machine whose cache is gone)",
     )
     parser.add_argument(
         "--fc2-max-multiple",
@@ -183,8 +184,12 @@ def main() -> None:
         base = {"id": cid, "formula": formula, "family": family, "label_W_per_mK": label}
         crystal_runner = capped_runner(runner, atoms, args.fc3_max_multiple, args.fc2_max_multiple)
         if args.seed_from is not None and (text := seeded_row(args.seed_from, cid, crystal_runner.key(atoms))):
-            log.info("%s taken from %s", cid, args.seed_from)
+            log.info("%s taken from %s (and put back into the cache)", cid, args.seed_from)
             path.write_text(text)
+            seeded = json.loads(text)
+            if crystal_runner.cached(atoms) is None:  # `paraisite kappa` and +features=kappa_bte read it there
+                extra = ("id", "family", "label_W_per_mK", "kappa_W_per_mK", "log10_ratio", "cached")
+                write_result(args.cache_dir, seeded["cache_key"], {k: v for k, v in seeded.items() if k not in extra})
             table(args.out)
             continue
         try:

@@ -211,6 +211,15 @@ def test_a_bad_file_stops_the_command_before_any_work(tmp_path):
     assert not output.exists()
 
 
+def test_files_are_read_with_the_bounds_of_predict(tmp_path, monkeypatch, capsys):
+    structure = tmp_path / "Si.vasp"
+    structure.write_text(SI_POSCAR)
+    monkeypatch.setenv("PARAISITE_MAX_ATOMS", "1")  # the same reader as predict, with its atom bound
+    assert main(["kappa", str(structure), "-o", str(tmp_path / "kappa.csv"), "--no-cache"]) == 1
+    assert f"{structure}: 2 atoms, more than the 1-atom limit (PARAISITE_MAX_ATOMS" in capsys.readouterr().err
+    assert not (tmp_path / "kappa.csv").exists()
+
+
 @pytest.fixture(scope="module")
 def silicon_force_constants():
     """fc2 and fc3 of relaxed-lattice silicon (quick protocol: fc3 in the 8-atom cell, fc2 in 64 atoms)."""

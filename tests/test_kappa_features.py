@@ -11,7 +11,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from paraisite.cli.main import main
-from paraisite.data.sources import read_structure
+from paraisite.data.inputs import read_input_structure
 from paraisite.kappa.features import KAPPA_FEATURE_NAMES, KappaFeatureComputer, KappaFeatureSettings
 from paraisite.kappa.settings import load_settings
 from paraisite.models.regressor import LTCRegressor
@@ -63,7 +63,7 @@ def test_kappa_features_train_reload_and_predict(tmp_path, kappa_run):
     # imputed_features, and only they
     computer = KappaFeatureComputer(KappaFeatureSettings.from_dict(physics))
     for path, row in zip(paths, rows, strict=True):
-        structure = read_structure(path)
+        structure = read_input_structure(path)
         unknown = len(structure.get_primitive_structure()) > 2 or np.isnan(computer.features(structure)).all()
         assert row["imputed_features"] == (KAPPA_FEATURE_NAMES[0] if unknown else ""), path
 
@@ -79,7 +79,7 @@ def test_the_feature_is_the_commands_kappa_read_back_from_the_shared_cache(tmp_p
     entries = sorted(cache.iterdir())
     settings = KappaFeatureSettings.from_dict({"protocol": "quick", "set": TINY_SET, "max_primitive_atoms": 2})
     computer = KappaFeatureComputer(settings, cache_dir=cache)
-    feature = computer.features(read_structure(cif), "Si")
+    feature = computer.features(read_input_structure(cif), "Si")
     assert feature.shape == (1,)
     assert math.isclose(feature[0], math.log10(kappa), rel_tol=1e-12)
     assert sorted(cache.iterdir()) == entries  # read back, nothing computed again

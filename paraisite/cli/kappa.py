@@ -78,7 +78,7 @@ def run_kappa(args: argparse.Namespace) -> int:
     from paraisite.kappa.settings import require_kappa_extra
 
     require_kappa_extra()
-    from paraisite.data.sources import read_structure
+    from paraisite.data.inputs import read_input_structure
     from paraisite.kappa.cache import default_cache_dir
     from paraisite.kappa.force_constants import SupercellTooLargeError
     from paraisite.kappa.pipeline import KappaRunner, error_row, result_rows
@@ -93,7 +93,8 @@ def run_kappa(args: argparse.Namespace) -> int:
     paths = [Path(path) for path in args.paths]
     if any(output.resolve() == path.resolve() for path in paths):
         raise ValueError(f"{output}: the output would overwrite an input")
-    crystals = [(str(path), to_atoms(read_structure(path))) for path in paths]  # every file read before any work
+    # every file read before any work, with the bounds and checks of predict's reader (and its structure: one cache)
+    crystals = [(str(path), to_atoms(read_input_structure(path))) for path in paths]
     cache = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     runner = KappaRunner(args.potential, settings, cache, trust_potential_file=args.trust_potential_file)
     log.info("kappa: %d crystal(s) with %s (sha256 %s…)", len(crystals), runner.potential, runner.potential_sha256[:12])

@@ -160,6 +160,9 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true", help="only rebuild results.csv and table.md")
     parser.add_argument("--only", nargs="+", metavar="ID", help="run only these Dataset1 ids (e.g. one cached already)")
     parser.add_argument(
+        "--reverse", action="store_true", help="run the list from its end (a second process meets the first halfway)"
+    )
+    parser.add_argument(
         "--seed-from",
         type=Path,
         metavar="DIR",
@@ -190,6 +193,8 @@ def main() -> None:
         parser.error("--cache-dir is required to run (keep it outside the work tree)")
     runner = KappaRunner(args.potential, load_settings(args.protocol), args.cache_dir)
     crystals = [crystal for crystal in select(args.families) if not args.only or crystal[0] in args.only]
+    if args.reverse:
+        crystals.reverse()
     log.info("%d crystals of %s", len(crystals), ", ".join(args.families))
     for index, (cid, formula, label, atoms, family) in enumerate(crystals, 1):
         path = args.out / "crystals" / f"{cid}.json"

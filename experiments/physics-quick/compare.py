@@ -1,6 +1,6 @@
 """Own-split validation MAPE, with and without the physics features, paired by seed (same split).
 
-Usage: python experiments/physics-quick/compare.py <without runs> <with runs> [<without> <with> ...]
+Usage: python experiments/physics-quick/compare.py [--datasets Dataset1 ...] <without runs> <with runs> [...]
 Each argument is a folder holding step2/<Dataset>/seed<N>/metrics.json (a sweep group or a committed runs/ copy).
 """
 
@@ -29,14 +29,18 @@ def mapes(folder: Path, dataset: str) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     """Print the table rows of each (without, with) pair."""
-    print("| runs | Dataset1 | Dataset2 | MIX |\n|---|---|---|---|")
+    datasets = DATASETS
+    if argv and argv[0] == "--datasets":
+        folders = [i for i, arg in enumerate(argv) if i > 0 and not arg.startswith("Dataset") and arg != "MIX"]
+        datasets, argv = tuple(argv[1 : folders[0]]), argv[folders[0] :]
+    print(f"| runs | {' | '.join(datasets)} |\n|---|{'---|' * len(datasets)}")
     pairs = list(zip(argv[::2], argv[1::2], strict=True))
     for without, with_ in pairs:
         for label, folder in (("without", without), ("with", with_)):
-            cells = [f"{m.mean():.2f} ({m.std(ddof=1):.2f})" for m in (mapes(Path(folder), d) for d in DATASETS)]
+            cells = [f"{m.mean():.2f} ({m.std(ddof=1):.2f})" for m in (mapes(Path(folder), d) for d in datasets)]
             print(f"| {label}: `{folder}` | " + " | ".join(cells) + " |")
         cells = []
-        for dataset in DATASETS:
+        for dataset in datasets:
             diff = mapes(Path(with_), dataset) - mapes(Path(without), dataset)
             p_value = wilcoxon(diff).pvalue
             cells.append(f"{diff.mean():+.3f}, {int((diff < 0).sum())}/9, p={p_value:.2f}")

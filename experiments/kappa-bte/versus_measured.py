@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from paraisite.data.sources import load_source
 from paraisite.evaluation.holdout import ensemble_rows, read_rows
@@ -37,6 +38,15 @@ def summary(logs: list[float]) -> str:
     if not logs:
         return "-"
     return f"{np.mean(np.abs(logs)):.2f} ({np.mean(logs):+.2f})"
+
+
+def rank(rows: list[dict], key: str) -> str:
+    """Spearman correlation of the predicted values (log10 ratio + log10 measured) with the measured ones."""
+    kept = [r for r in rows if r[key] is not None]
+    if len(kept) < 3:
+        return "-"
+    measured = np.log10([r["measured"] for r in kept])
+    return f"{spearmanr(measured + np.array([r[key] for r in kept]), measured).statistic:.2f}"
 
 
 def main() -> None:
@@ -79,6 +89,7 @@ def main() -> None:
             f"| all | {len(rows)} | {summary([r['bte'] for r in rows])} | {summary([r['label'] for r in rows])} | "
             f"{summary([r['ltc_mf'] for r in rows if r['ltc_mf'] is not None])} |"
         ),
+        f"| Spearman with measured | | {rank(rows, 'bte')} | {rank(rows, 'label')} | {rank(rows, 'ltc_mf')} |",
         "",
         "| id | formula | measured (W/mK) | BTE | label | ltc-mf |",
         "|---|---|---|---|---|---|",

@@ -83,3 +83,14 @@ def predict_with_cli(model: str | Path, paths: list[str], output: Path) -> list[
     rows = read_rows(output)
     assert [row["path"] for row in rows] == paths
     return rows
+
+
+def finite_difference_force(atoms, calculator, atom: int, axis: int, step: float = 1e-4) -> float:
+    """``-dE/dx`` of one atom of ``atoms`` along ``axis``, by central differences of ``calculator``'s energy (eV/Å)."""
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[atom, axis] += sign * step
+        moved.calc = calculator
+        energies.append(moved.get_potential_energy())
+    return -(energies[0] - energies[1]) / (2 * step)

@@ -20,6 +20,7 @@ from ase.build import bulk
 from paraisite.cli.main import main
 from paraisite.kappa.features import KappaFeatureSettings
 from paraisite.kappa.potentials import FilePotential, float64, load_calculator, potential_entry
+from tests.helpers import finite_difference_force
 
 #: A small MACE model with random weights, saved as MACE saves its models (``torch.save`` of the module). Made in its
 #: own process: importing mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the process that imports it.
@@ -85,15 +86,8 @@ def test_a_model_files_forces_are_minus_the_gradient_of_its_energy(tiny_mace):
         atoms.calc = calculator
         forces = atoms.get_forces()
         assert np.abs(forces).max() > 1e-4  # a rattled cell has forces to check, even with random weights
-        step = 1e-4
         for atom, axis in [(0, 0), (5, 2)]:
-            energies = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[atom, axis] += sign * step
-                moved.calc = calculator
-                energies.append(moved.get_potential_energy())
-            numeric = -(energies[0] - energies[1]) / (2 * step)
+            numeric = finite_difference_force(atoms, calculator, atom, axis)
             assert forces[atom, axis] == pytest.approx(numeric, abs=1e-7 + 1e-4 * abs(numeric))
 
 

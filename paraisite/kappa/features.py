@@ -20,7 +20,6 @@ The checkpoint stores the protocol resolved (every setting, not the protocol's n
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pymatgen.core import Structure
 
 from paraisite.data.sources import load_source
@@ -41,7 +39,7 @@ from paraisite.kappa.potentials import FILE_KINDS, FilePotential, potential_entr
 from paraisite.kappa.relax import standard_cell, to_atoms
 from paraisite.kappa.settings import KappaSettings, load_settings, require_kappa_extra
 from paraisite.models.physics import FEATURE_NAMES as EOS_FEATURE_NAMES
-from paraisite.models.physics import PhysicsGraphBuilder, ScanSettings, SourceFeatures
+from paraisite.models.physics import FeatureGraphBuilder, PhysicsGraphBuilder, ScanSettings, SourceFeatures
 
 log = logging.getLogger(__name__)
 
@@ -210,25 +208,22 @@ class KappaSourceFeatures:
         return np.array(rows, dtype=float).reshape(len(ids), 1)
 
 
-class KappaGraphBuilder:
-    """A graph builder whose graphs also carry ``extra_features`` ``[1, 1]``: the crystal's ``log10`` BTE kappa."""
+class KappaGraphBuilder(FeatureGraphBuilder):
+    """Graphs with ``extra_features`` ``[1, 1]``: the crystal's ``log10`` BTE kappa."""
 
     feature_names = KAPPA_FEATURE_NAMES
 
     def __init__(self, builder: Any, settings: KappaFeatureSettings) -> None:
-        self.builder = builder
+        super().__init__(builder)
         self.computer = KappaFeatureComputer(settings)
 
-    def settings(self) -> dict[str, Any]:
-        """The wrapped builder's settings and the features'."""
-        return {**self.builder.settings(), "physics": self.computer.settings.to_dict()}
+    def feature_settings(self) -> dict[str, Any]:
+        """The features' settings, the protocol resolved."""
+        return self.computer.settings.to_dict()
 
-    def build(self, structure: Structure, name: str = "structure") -> Any:
-        """The wrapped builder's graph with ``extra_features``."""
-        graph = copy.copy(self.builder.build(structure, name))
-        features = self.computer.features(structure, name)
-        graph.extra_features = torch.as_tensor(features, dtype=torch.float32).reshape(1, -1)
-        return graph
+    def features(self, structure: Structure, name: str) -> np.ndarray:
+        """``[1]``: the crystal's ``log10`` BTE kappa (NaN when unknown)."""
+        return self.computer.features(structure, name)
 
 
 FeatureSettings = ScanSettings | KappaFeatureSettings

@@ -143,12 +143,8 @@ class FilePotential:
 
     @cached_property
     def sha256(self) -> str:
-        """sha256 of the file's bytes (a folder: of its files' names and sha256s, in sorted order)."""
-        files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
-        digests = {p.relative_to(self.path).as_posix() if self.path.is_dir() else "": _file_sha256(p) for p in files}
-        if not self.path.is_dir():
-            return digests[""]
-        return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+        """sha256 of the file's bytes."""
+        return registry.sha256sum(self.path)
 
     def check_trusted(self, trusted: bool) -> None:
         """Refuse a pickled file the caller has not trusted, before anything reads it."""
@@ -164,14 +160,6 @@ class FilePotential:
         return FILE_KINDS[self.kind].calculator(self.path)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_potential(name: str) -> FilePotential | None:
     """The checked :class:`FilePotential` of ``KIND:PATH``; ``None`` when ``name`` has no known kind prefix.
 
@@ -183,7 +171,7 @@ def file_potential(name: str) -> FilePotential | None:
         return None
     entry = FILE_KINDS[kind.lower()]
     path = Path(rest).expanduser()
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"{path}: no such {kind.lower()} model file")
     if importlib.util.find_spec(entry.module) is None:
         raise ValueError(f"{name}: reading {kind.lower()} model files needs `pip install {entry.package}`")

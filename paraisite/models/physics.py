@@ -393,31 +393,55 @@ def source_descriptors(
     )
 
 
-class PhysicsGraphBuilder:
-    """A graph builder whose graphs also carry the crystal's physics features (``extra_features``, ``[1, 6]``).
+class FeatureGraphBuilder:
+    """A graph builder whose graphs also carry per-crystal head inputs (``extra_features``, ``[1, k]``).
 
-    What a model trained with physics features predicts new crystals with (:mod:`paraisite.zoo.predictors`): the
-    descriptors are computed from the structure itself (no cache), then turned into :data:`FEATURE_NAMES`.
+    What a model trained with physics features predicts new crystals with (:mod:`paraisite.zoo.predictors`): a
+    subclass says how a crystal's features are computed (:meth:`features`) and with which settings.
     """
 
-    #: Names of the ``extra_features`` columns (NaN where the fit failed: the model then uses its training mean).
-    feature_names = FEATURE_NAMES
+    #: Names of the ``extra_features`` columns (NaN where unknown: the model then uses its training mean).
+    feature_names: tuple[str, ...] = ()
 
-    def __init__(self, builder: Any, settings: ScanSettings) -> None:
+    def __init__(self, builder: Any) -> None:
         self.builder = builder
-        self.scanner = EOSScanner(settings)
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The settings of the features (``physics`` of :meth:`settings`)."""
+        raise NotImplementedError
+
+    def features(self, structure: Structure, name: str) -> np.ndarray:
+        """The ``k`` features of one crystal (NaN where unknown)."""
+        raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """The wrapped builder's settings and the scan's."""
-        return {**self.builder.settings(), "physics": self.scanner.settings.to_dict()}
+        """The wrapped builder's settings and the features'."""
+        return {**self.builder.settings(), "physics": self.feature_settings()}
 
     def build(self, structure: Structure, name: str = "structure") -> Any:
         """The wrapped builder's graph with ``extra_features``."""
-        graph = self.builder.build(structure, name)
-        graph = copy.copy(graph)
-        features = descriptor_features(self.scanner.descriptors(structure, name))
+        graph = copy.copy(self.builder.build(structure, name))
+        features = self.features(structure, name)
         graph.extra_features = torch.as_tensor(features, dtype=torch.float32).reshape(1, -1)
         return graph
+
+
+class PhysicsGraphBuilder(FeatureGraphBuilder):
+    """Graphs with the crystal's physics features (``[1, 6]``, :data:`FEATURE_NAMES`), from its own scan (no cache)."""
+
+    feature_names = FEATURE_NAMES
+
+    def __init__(self, builder: Any, settings: ScanSettings) -> None:
+        super().__init__(builder)
+        self.scanner = EOSScanner(settings)
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The scan's settings."""
+        return self.scanner.settings.to_dict()
+
+    def features(self, structure: Structure, name: str) -> np.ndarray:
+        """The descriptors of the crystal's scan, as head inputs."""
+        return descriptor_features(self.scanner.descriptors(structure, name))
 
 
 class SourceFeatures:
